@@ -1,0 +1,318 @@
+//! Conformance with the PyTorch reference: `encoder_resnet18_mhcl`, `encoder_resnet50w16_mhcl`
+//! and `bottleneck_block_r50` (see `tests/conformance/README.md`).
+//!
+//! Each case: load the `w.*` tensors by their PyTorch names, run one train-mode forward on the
+//! autodiff device, compare outputs, stage maps and pooled features; backpropagate
+//! `L = sum(out_train * r)` and compare `grad.x` and `grad.<p>`; compare the BatchNorm buffers
+//! after the forward (`w_after.*`); then compare an eval-mode forward. Every shape and setting
+//! comes from the manifest.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::Gradients;
+use ssl_conformance::{Case, ConformanceSet};
+use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
+use ssl_models::{Arch, Bottleneck, MhclEncoderConfig};
+
+/// The case's tensors `<prefix><name>` as a map `name -> tensor`.
+fn tensors_with_prefix(case: &Case, prefix: &str) -> TensorMap {
+    case.names_with_prefix(prefix)
+        .into_iter()
+        .map(|name| {
+            let full = format!("{prefix}{name}");
+            let stored = case.tensor(&full);
+            let raw = if stored.dtype == "I64" {
+                RawTensor::i64(stored.shape.clone(), stored.to_i64())
+            } else {
+                RawTensor::f32(stored.shape.clone(), stored.to_f32())
+            };
+            (name, raw)
+        })
+        .collect()
+}
+
+fn input(case: &Case, name: &str, device: &Device) -> Tensor<4> {
+    let shape: [usize; 4] = case
+        .shape(name)
+        .try_into()
+        .unwrap_or_else(|s| panic!("`{name}` is not 4-d: {s:?}"));
+    Tensor::from_data(TensorData::new(case.f32(name), shape), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// Worst `|got - want| / (atol + rtol*|want|)` over the tensor: <= 1 passes.
+fn ratio(case: &Case, name: &str, got: &[f32]) -> f64 {
+    let want = case.f32(name);
+    let (atol, rtol) = if case.tensor(name).dtype == "I64" {
+        (0.0, 0.0)
+    } else {
+        case.tolerance(name)
+    };
+    want.iter()
+        .zip(got)
+        .map(|(&w, &g)| {
+            let err = (f64::from(g) - f64::from(w)).abs();
+            let tol = atol + rtol * f64::from(w).abs();
+            if tol == 0.0 {
+                if err == 0.0 { 0.0 } else { f64::INFINITY }
+            } else {
+                err / tol
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Compares and records the worst error ratio of each tensor.
+struct Checker<'a> {
+    case: &'a Case,
+    worst: Vec<(String, f64)>,
+}
+
+impl Checker<'_> {
+    fn check(&mut self, name: &str, got: &[f32]) {
+        assert_eq!(
+            self.case.shape(name).iter().product::<usize>(),
+            got.len(),
+            "{}/{name}: element count",
+            self.case.name
+        );
+        self.case.assert_close(name, got);
+        self.worst
+            .push((name.to_string(), ratio(self.case, name, got)));
+    }
+
+    fn check_tensor<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
+        assert_eq!(
+            t.dims().to_vec(),
+            self.case.shape(name),
+            "{}/{name}: shape",
+            self.case.name
+        );
+        self.check(name, &values(t));
+    }
+
+    fn report(&self) {
+        let (name, r) = self
+            .worst
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .cloned()
+            .unwrap_or_default();
+        eprintln!(
+            "{}: {} tensors within tolerance; worst {name} at {:.3} of its tolerance",
+            self.case.name,
+            self.worst.len(),
+            r
+        );
+    }
+}
+
+/// Gradients of every float parameter by PyTorch name, in PyTorch layout (Linear weights
+/// transposed back to `(out, in)`).
+fn named_grads<M: Module>(module: &M, grads: &Gradients) -> BTreeMap<String, Tensor<2>> {
+    struct Collect<'a> {
+        path: Vec<String>,
+        containers: Vec<String>,
+        grads: &'a Gradients,
+        out: BTreeMap<String, Tensor<2>>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name.to_string());
+            self.containers.push(container.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+            self.containers.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let Some(g) = p.val().grad(self.grads) else {
+                return;
+            };
+            let linear_weight = D == 2
+                && self.containers.last().map(String::as_str) == Some("Struct:Linear")
+                && self.path.last().map(String::as_str) == Some("weight");
+            let dims = g.dims();
+            // Flatten to 2-d (rows = first dim) so one map type holds every rank.
+            let rows = dims.first().copied().unwrap_or(1);
+            let g2: Tensor<2> = g.reshape([rows as i64, -1]);
+            let g2 = if linear_weight { g2.transpose() } else { g2 };
+            self.out.insert(self.path.join("."), g2);
+        }
+    }
+    let mut c = Collect {
+        path: vec![],
+        containers: vec![],
+        grads,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+fn check_grads<M: Module>(
+    checker: &mut Checker<'_>,
+    module: &M,
+    grads: &Gradients,
+    names: &[String],
+) {
+    let all = named_grads(module, grads);
+    assert!(!names.is_empty());
+    for p in names {
+        let g = all
+            .get(p)
+            .unwrap_or_else(|| panic!("{}: no gradient for `{p}`", checker.case.name));
+        checker.check(&format!("grad.{p}"), &values(g.clone()));
+    }
+}
+
+fn check_buffers<M: Module>(checker: &mut Checker<'_>, module: &M) {
+    let state = module_tensors(module).unwrap();
+    let names = checker.case.names_with_prefix("w_after.");
+    assert!(!names.is_empty());
+    for n in names {
+        let got = state
+            .get(&n)
+            .unwrap_or_else(|| panic!("{}: model has no `{n}`", checker.case.name));
+        assert_eq!(
+            got.shape,
+            checker.case.shape(&format!("w_after.{n}")),
+            "{n}"
+        );
+        checker.check(&format!("w_after.{n}"), &got.to_f32());
+    }
+}
+
+fn encoder_case(name: &str) {
+    let set = ConformanceSet::open();
+    let case = set.case(name);
+    let p = case.params();
+    let arch = Arch::from_name(p["arch"].as_str().expect("arch")).unwrap();
+    let width = case.param_usize("width");
+    let dim = case.param_usize("dim");
+    let mlp = p["mlp"].as_bool().expect("mlp");
+    let out_shape = case.shape("out_train");
+    assert_eq!(
+        case.param_f64("bn_eps"),
+        1e-5,
+        "model BN eps is PyTorch's 1e-5"
+    );
+    assert_eq!(
+        case.param_f64("bn_momentum"),
+        0.1,
+        "model BN momentum is 0.1"
+    );
+    let config = MhclEncoderConfig::new(arch)
+        .with_width(width)
+        .with_dim(dim)
+        .with_mlp(mlp)
+        .with_multiscale(out_shape[1] > 1);
+    assert_eq!(config.scales(), out_shape[1]);
+
+    let device = Device::flex().autodiff();
+    let encoder = config.init(&device);
+    assert_eq!(encoder.feature_dim(), case.param_usize("feat_dim"));
+    let (encoder, report) = load_tensors(
+        encoder,
+        tensors_with_prefix(&case, "w."),
+        &LoadOptions::new(),
+    )
+    .unwrap();
+    assert!(report.missing.is_empty() && report.unused.is_empty());
+
+    let mut checker = Checker {
+        case: &case,
+        worst: vec![],
+    };
+
+    // Train-mode forward and backward.
+    let x = input(&case, "x", &device).require_grad();
+    encoder.check_input(&x).unwrap();
+    let o = encoder.forward_with_features(x.clone());
+    let r = Tensor::<3>::from_data(
+        TensorData::new(
+            case.f32("r"),
+            <[usize; 3]>::try_from(case.shape("r")).unwrap(),
+        ),
+        &device,
+    );
+    let loss = o.out.clone().mul(r).sum();
+    let grads = loss.backward();
+    checker.check_tensor("out_train", o.out);
+    checker.check_tensor("features_train", o.features);
+    for (i, s) in o.stages.into_iter().enumerate() {
+        checker.check_tensor(&format!("layer{}", i + 1), s);
+    }
+    let gx = x.grad(&grads).expect("gradient of x");
+    checker.check_tensor("grad.x", gx);
+    check_grads(
+        &mut checker,
+        &encoder,
+        &grads,
+        &case.param_strings("grad_params"),
+    );
+    check_buffers(&mut checker, &encoder);
+
+    // Eval-mode forward with the updated running statistics.
+    let eval = encoder.valid();
+    let plain = device.clone().inner();
+    let x = input(&case, "x", &plain);
+    let o = eval.forward_with_features(x);
+    checker.check_tensor("out_eval", o.out);
+    checker.check_tensor("features_eval", o.features);
+    checker.report();
+}
+
+#[test]
+fn encoder_resnet18_mhcl() {
+    encoder_case("encoder_resnet18_mhcl");
+}
+
+#[test]
+fn encoder_resnet50w16_mhcl() {
+    encoder_case("encoder_resnet50w16_mhcl");
+}
+
+#[test]
+fn bottleneck_block_r50() {
+    let set = ConformanceSet::open();
+    let case = set.case("bottleneck_block_r50");
+    let inplanes = case.param_usize("inplanes");
+    let planes = case.param_usize("planes");
+    let stride = case.param_usize("stride");
+    assert_eq!(case.param_usize("expansion"), Bottleneck::EXPANSION);
+    let downsample = case.params()["downsample"].as_bool().expect("downsample");
+
+    let device = Device::flex().autodiff();
+    let block = Bottleneck::with_downsample(inplanes, planes, stride, downsample, &device);
+    let (block, _) =
+        load_tensors(block, tensors_with_prefix(&case, "w."), &LoadOptions::new()).unwrap();
+
+    let mut checker = Checker {
+        case: &case,
+        worst: vec![],
+    };
+    let x = input(&case, "x", &device).require_grad();
+    let out = block.forward(x.clone());
+    let r = input(&case, "r", &device);
+    let grads = out.clone().mul(r).sum().backward();
+    checker.check_tensor("out_train", out);
+    checker.check_tensor("grad.x", x.grad(&grads).expect("gradient of x"));
+    check_grads(
+        &mut checker,
+        &block,
+        &grads,
+        &case.param_strings("grad_params"),
+    );
+    check_buffers(&mut checker, &block);
+
+    let eval = block.valid();
+    let out = eval.forward(input(&case, "x", &device.clone().inner()));
+    checker.check_tensor("out_eval", out);
+    checker.report();
+}
