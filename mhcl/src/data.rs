@@ -1,0 +1,84 @@
+//! Dataset and batch helpers shared by pretraining, the kNN monitor and the linear probe.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use ssl_augment::{Batch, ImageFolder, ImageFolderOptions, Loader, LoaderConfig, SampleTransform};
+
+use crate::error::{MhclError, Result};
+
+fn augment<E: std::fmt::Display>(e: E) -> MhclError {
+    MhclError::data(e.to_string())
+}
+
+/// Opens `DATA/<split>` as an ImageFolder, with a message naming the expected layout.
+pub fn open_split(data: &Path, split: &str) -> Result<ImageFolder> {
+    let root = data.join(split);
+    if !root.is_dir() {
+        return Err(MhclError::data(format!(
+            "{} has no {split}/ folder (expected {}/<class>/<image>)",
+            data.display(),
+            root.display()
+        )));
+    }
+    ImageFolder::new(&root, &ImageFolderOptions::default()).map_err(augment)
+}
+
+/// The loader threads actually used: `-j`, at most the number of CPU cores (threads, unlike
+/// PyTorch's worker processes, gain nothing beyond that).
+pub fn effective_workers(requested: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    requested.min(cores)
+}
+
+/// A loader over `dataset`.
+pub fn loader(
+    dataset: Arc<ImageFolder>,
+    transform: Arc<dyn SampleTransform>,
+    config: LoaderConfig,
+) -> Result<Loader> {
+    Loader::new(dataset, transform, config).map_err(augment)
+}
+
+/// View `v` of a batch as an `(N, 3, H, W)` tensor on `device` (moves the buffer).
+pub fn view_tensor(batch: &mut Batch, v: usize, device: &Device) -> Tensor<4> {
+    let data = std::mem::take(&mut batch.views[v]);
+    let shape = [batch.n, 3, batch.h, batch.w];
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Checks that `dir` exists or can be created and that a file can be written in it.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        MhclError::arg(format!(
+            "output dir {} cannot be created: {e}",
+            dir.display()
+        ))
+    })?;
+    let probe: PathBuf = dir.join(format!(".mhcl-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| MhclError::arg(format!("output dir {} is not writable: {e}", dir.display())))
+}
+
+/// Pooled features `(N, d)` and labels of every sample of `loader`'s epoch 0, from
+/// `features` run on `device` (no gradient).
+pub fn extract_features(
+    loader: &Loader,
+    device: &Device,
+    features: impl Fn(Tensor<4>) -> Tensor<2>,
+) -> Result<(Tensor<2>, Vec<usize>)> {
+    let mut parts = Vec::with_capacity(loader.len());
+    let mut labels = Vec::with_capacity(loader.num_samples());
+    for batch in loader.epoch(0) {
+        let mut batch = batch.map_err(augment)?;
+        let x = view_tensor(&mut batch, 0, device);
+        parts.push(features(x).detach());
+        labels.extend_from_slice(&batch.labels);
+    }
+    if parts.is_empty() {
+        return Err(MhclError::data("no images to extract features from"));
+    }
+    Ok((Tensor::cat(parts, 0), labels))
+}

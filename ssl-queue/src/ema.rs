@@ -1,0 +1,195 @@
+//! Exponential moving average of module parameters (MoCo's momentum update of the key encoder).
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::error::{QueueError, Result};
+
+/// Path suffixes of the buffers that the EMA leaves alone by default: BatchNorm's running
+/// statistics and batch counter.
+///
+/// burn's module visitor reports `RunningState` buffers as float parameters, so they are told
+/// apart by name. MoCo's `_momentum_update_key_encoder` zips `encoder_q.parameters()` with
+/// `encoder_k.parameters()`: PyTorch buffers (`running_mean`, `running_var`,
+/// `num_batches_tracked`) are not parameters, so the key encoder keeps its own.
+pub const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+
+/// `target = target * m + source * (1 - m)` for every float parameter of two modules of the same
+/// type; buffers (see [`BUFFER_SUFFIXES`]) and integer/bool tensors are left untouched.
+///
+/// Parameters are matched by their module path (`layer1.0.conv1.weight`). The update runs as
+/// tensor operations on the target's device (no copy to the host); the result is detached and
+/// keeps the target's require-grad setting (a key encoder made with `.no_grad()` stays so).
+/// `m = 0` copies the source, `m = 1` keeps the target. The arithmetic is PyTorch's:
+/// `k * m + q * (1 - m)` in f32 with `1 - m` computed in f64.
+///
+/// # Errors
+/// [`QueueError::Momentum`] unless `0 <= m <= 1`; [`QueueError::ModuleMismatch`] when the two
+/// modules do not have the same parameter paths and shapes.
+pub fn ema_update<M: Module>(target: M, source: &M, m: f64) -> Result<M> {
+    ema_update_skipping(target, source, m, &BUFFER_SUFFIXES)
+}
+
+/// [`ema_update`] with an explicit list of path suffixes to leave untouched (e.g. add `"fc"` to
+/// keep a head out of the average).
+///
+/// # Errors
+/// As [`ema_update`].
+pub fn ema_update_skipping<M: Module>(
+    target: M,
+    source: &M,
+    m: f64,
+    skip_suffixes: &[&str],
+) -> Result<M> {
+    if !(0.0..=1.0).contains(&m) {
+        return Err(QueueError::Momentum(m));
+    }
+    let mut src = Collect {
+        path: Vec::new(),
+        skip: skip_suffixes,
+        tensors: HashMap::new(),
+        order: Vec::new(),
+    };
+    source.visit(&mut src);
+    let mut tgt = Shapes {
+        path: Vec::new(),
+        skip: skip_suffixes,
+        shapes: Vec::new(),
+    };
+    target.visit(&mut tgt);
+
+    let mut problems = Vec::new();
+    for (path, shape) in &tgt.shapes {
+        match src.tensors.get(path) {
+            None => problems.push(format!("`{path}` missing in the source")),
+            Some((s, _)) if s != shape => {
+                problems.push(format!("`{path}`: source {s:?}, target {shape:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    if src.order.len() != tgt.shapes.len() {
+        let known: std::collections::HashSet<&String> = tgt.shapes.iter().map(|(p, _)| p).collect();
+        for p in src.order.iter().filter(|p| !known.contains(p)) {
+            problems.push(format!("`{p}` missing in the target"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(QueueError::ModuleMismatch(problems.join("; ")));
+    }
+
+    let mut mapper = Ema {
+        path: Vec::new(),
+        skip: skip_suffixes,
+        source: src.tensors,
+        m: m as f32,
+        one_minus_m: (1.0 - m) as f32,
+    };
+    Ok(target.map(&mut mapper))
+}
+
+fn is_skipped(path: &str, skip: &[&str]) -> bool {
+    skip.iter().any(|s| {
+        path.strip_suffix(s)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+    })
+}
+
+/// Source parameters, flattened, by path.
+struct Collect<'a> {
+    path: Vec<String>,
+    skip: &'a [&'a str],
+    tensors: HashMap<String, (Vec<usize>, Tensor<1>)>,
+    order: Vec<String>,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        if is_skipped(&path, self.skip) {
+            return;
+        }
+        let value = param.val().detach();
+        let shape = value.dims().to_vec();
+        self.order.push(path.clone());
+        self.tensors.insert(path, (shape, value.reshape([-1])));
+    }
+}
+
+/// Target parameter shapes, in visiting order.
+struct Shapes<'a> {
+    path: Vec<String>,
+    skip: &'a [&'a str],
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl ModuleVisitor for Shapes<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        if !is_skipped(&path, self.skip) {
+            self.shapes.push((path, param.lazy_shape().to_vec()));
+        }
+    }
+}
+
+struct Ema<'a> {
+    path: Vec<String>,
+    skip: &'a [&'a str],
+    source: HashMap<String, (Vec<usize>, Tensor<1>)>,
+    m: f32,
+    one_minus_m: f32,
+}
+
+impl ModuleMapper for Ema<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        if is_skipped(&path, self.skip) {
+            return param;
+        }
+        let Some((_, src)) = self.source.remove(&path) else {
+            return param;
+        };
+        let (m, one_minus_m) = (self.m, self.one_minus_m);
+        param.map(|k| {
+            let device = k.device();
+            let src = if src.device() == device {
+                src
+            } else {
+                src.to_device(&device)
+            };
+            let src: Tensor<D> = src.reshape(k.shape());
+            let require_grad = k.is_require_grad();
+            k.detach()
+                .mul_scalar(m)
+                .add(src.mul_scalar(one_minus_m))
+                .detach()
+                .set_require_grad(require_grad)
+        })
+    }
+}
