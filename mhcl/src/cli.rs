@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use crate::dist::Launch;
 use crate::error::Result;
 
 /// MHCL: multiscale hard-feature contrastive pretraining and linear evaluation.
@@ -84,16 +85,20 @@ pub struct PretrainArgs {
     /// Path to a checkpoint to resume from.
     #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
-    /// Number of nodes for distributed training (-1: single process).
+    /// Number of nodes for distributed training (-1: single process). Without
+    /// --multiprocessing-distributed: the number of processes.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub world_size: i64,
-    /// Node rank for distributed training.
+    /// Node rank for distributed training. Without --multiprocessing-distributed: the rank of
+    /// this process.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub rank: i64,
-    /// URL used to set up distributed training (tcp://HOST:PORT or env://).
+    /// URL used to set up distributed training (tcp://HOST:PORT or env://); not used by
+    /// --dist-backend local.
     #[arg(long, value_name = "URL", default_value = "tcp://224.66.41.62:23456")]
     pub dist_url: String,
-    /// Distributed backend (nccl, or gloo for the CPU TCP group).
+    /// Distributed backend: nccl (GPUs, builds with the `nccl` feature), tcp (alias gloo:
+    /// processes over TCP, CPU) or local (ranks as threads of this process, CPU).
     #[arg(long, value_name = "NAME", default_value = "nccl")]
     pub dist_backend: String,
     /// Seed for initializing training (default: drawn at start, printed and stored in the
@@ -103,7 +108,9 @@ pub struct PretrainArgs {
     /// GPU id to use.
     #[arg(long, value_name = "N")]
     pub gpu: Option<usize>,
-    /// Use one process per GPU with N processes per node (--nproc-per-node, default: all GPUs).
+    /// Start one rank per GPU of this node (or per --nproc-per-node): worker processes with
+    /// --dist-backend nccl / tcp, threads with --dist-backend local. --batch-size and --workers
+    /// are then totals over the node.
     #[arg(long)]
     pub multiprocessing_distributed: bool,
     /// Feature dimension.
@@ -143,6 +150,10 @@ pub struct PretrainArgs {
     /// Backend: cpu (default), or cuda[:N] / vulkan[:N] in builds with those features.
     #[arg(long, value_name = "DEV", default_value = "cpu")]
     pub device: String,
+    /// Number format of the encoder forwards: f32 (default) or bf16 (mixed precision over f32
+    /// master weights; refused on devices without bf16; docs/gpu.md).
+    #[arg(long, value_name = "P", default_value = "f32")]
+    pub precision: String,
     /// Folder for checkpoints and metrics.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub output_dir: PathBuf,
@@ -153,10 +164,10 @@ pub struct PretrainArgs {
     /// Weighted kNN accuracy (k=20, T=0.07) on DATA/val every N epochs (0: never).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub knn_every: usize,
-    /// Data-parallel ranks on this node (threads on the CPU, one process per GPU with
-    /// --multiprocessing-distributed).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub nproc_per_node: usize,
+    /// Ranks per node with --multiprocessing-distributed (default: the number of visible GPUs,
+    /// 1 without GPUs, as the reference's ngpus_per_node).
+    #[arg(long, value_name = "N")]
+    pub nproc_per_node: Option<usize>,
     /// ResNet base width (64 = torchvision).
     #[arg(long, value_name = "W", default_value_t = 64)]
     pub width: usize,
@@ -228,16 +239,20 @@ pub struct LinclsArgs {
     /// Evaluate the model (from --resume or --pretrained) on the validation set and exit.
     #[arg(short = 'e', long)]
     pub evaluate: bool,
-    /// Number of nodes for distributed training (-1: single process).
+    /// Number of nodes for distributed training (-1: single process). Without
+    /// --multiprocessing-distributed: the number of processes.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub world_size: i64,
-    /// Node rank for distributed training.
+    /// Node rank for distributed training. Without --multiprocessing-distributed: the rank of
+    /// this process.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub rank: i64,
-    /// URL used to set up distributed training.
+    /// URL used to set up distributed training (tcp://HOST:PORT or env://); not used by
+    /// --dist-backend local.
     #[arg(long, value_name = "URL", default_value = "tcp://224.66.41.62:23456")]
     pub dist_url: String,
-    /// Distributed backend.
+    /// Distributed backend: nccl (GPUs, builds with the `nccl` feature), tcp (alias gloo:
+    /// processes over TCP, CPU) or local (ranks as threads of this process, CPU).
     #[arg(long, value_name = "NAME", default_value = "nccl")]
     pub dist_backend: String,
     /// Seed for initializing training (default: drawn at start and printed).
@@ -246,9 +261,15 @@ pub struct LinclsArgs {
     /// GPU id to use.
     #[arg(long, value_name = "N")]
     pub gpu: Option<usize>,
-    /// Use multi-processing distributed training.
+    /// Start one rank per GPU of this node (or per --nproc-per-node): worker processes with
+    /// --dist-backend nccl / tcp, threads with --dist-backend local. --batch-size and --workers
+    /// are then totals over the node.
     #[arg(long)]
     pub multiprocessing_distributed: bool,
+    /// Ranks per node with --multiprocessing-distributed (default: the number of visible GPUs,
+    /// 1 without GPUs).
+    #[arg(long, value_name = "N")]
+    pub nproc_per_node: Option<usize>,
     /// Path to the pretrained checkpoint: ours (checkpoint_XXXX.safetensors, or an encoder
     /// saved as safetensors) or an original PyTorch MHCL/MoCo checkpoint_XXXX.pth.tar.
     #[arg(long, value_name = "PATH")]
@@ -320,8 +341,16 @@ pub struct SyntheticArgs {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Pretrain(args) => crate::train::pretrain(&args).map(|_| ()),
-        Command::Lincls(args) => crate::lincls::run(&args).map(|_| ()),
+        Command::Pretrain(args) => match crate::train::prepare(&args)?.1 {
+            // --multiprocessing-distributed with a process backend: this process starts the
+            // ranks as worker processes (copies of itself) and waits for them
+            Launch::Spawn { nproc, .. } => crate::dist::spawn(nproc),
+            _ => crate::train::pretrain(&args).map(|_| ()),
+        },
+        Command::Lincls(args) => match crate::lincls::prepare(&args)? {
+            Launch::Spawn { nproc, .. } => crate::dist::spawn(nproc),
+            _ => crate::lincls::run(&args).map(|_| ()),
+        },
         Command::Split(args) => run_split(&args),
         Command::Synthetic(args) => run_synthetic(&args),
     }

@@ -4,6 +4,12 @@
 //! Cargo features of this crate: `cuda` (`--device cuda` or `cuda:N`) and `vulkan`
 //! (`--device vulkan` or `vulkan:N`). The training device is the autodiff decorator of the
 //! chosen backend (BatchNorm then runs in train mode); evaluation uses the plain backend.
+//!
+//! A GPU device is opened and tried once when it is parsed ([`probe`]): burn's GPU runtimes panic
+//! deep inside their initialization when there is no GPU or no driver library, so the probe
+//! catches that and [`parse_device`] returns a one-line error instead (`no Vulkan GPU found
+//! (...)`, `Vulkan loader library not found (...)`, `no CUDA GPU found (...)`, `CUDA driver
+//! library not found (...)`).
 
 use burn::prelude::*;
 
@@ -37,9 +43,14 @@ pub fn parse_device(spec: &str, gpu: Option<usize>) -> Result<Device> {
     match kind {
         "cpu" | "flex" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(index)),
+        "cuda" => opened(Device::cuda(index), kind, spec),
         #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index))),
+        "vulkan" => opened(
+            Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)),
+            kind,
+            spec,
+        ),
+        #[allow(unreachable_patterns)] // reached for the backends this build lacks
         "cuda" | "vulkan" => Err(MhclError::arg(format!(
             "this build has no `{kind}` backend; rebuild with `--features {kind}` (available: {})",
             available().join(", ")
@@ -49,6 +60,109 @@ pub fn parse_device(spec: &str, gpu: Option<usize>) -> Result<Device> {
             available().join(", ")
         ))),
     }
+}
+
+/// `device` after a successful [`probe`], else the one-line error for `kind` (`cuda`, `vulkan`).
+#[allow(dead_code)] // used by the GPU features only
+fn opened(device: Device, kind: &str, spec: &str) -> Result<Device> {
+    match probe(&device) {
+        Ok(()) => Ok(device),
+        Err(detail) => Err(gpu_error(kind, spec, &detail)),
+    }
+}
+
+/// Runs `f`, returning `Err(panic message)` if it panics. The panic hook is silenced meanwhile
+/// (a backend that panics while opening a device prints nothing) and restored afterwards.
+pub fn catch_silent<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic without a message".to_string())
+    })
+}
+
+/// Whitespace (newlines included) collapsed to single spaces, at most 300 characters.
+pub fn one_line(text: &str) -> String {
+    let mut s = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 300 {
+        s = s.chars().take(297).collect::<String>() + "...";
+    }
+    s
+}
+
+/// Opens `device` and runs a one-element computation on it: a tensor `[1.0]` is created, `1` is
+/// added and the result is read back. `Err` holds what the backend reported (its panic message
+/// or a wrong result).
+pub fn probe(device: &Device) -> std::result::Result<(), String> {
+    let device = device.clone().inner();
+    let got = catch_silent(|| {
+        Tensor::<1>::from_floats([1.0], &device)
+            .add_scalar(1.0)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| format!("{e:?}"))
+    })??;
+    if got != [2.0] {
+        return Err(format!("1 + 1 gave {got:?}"));
+    }
+    Ok(())
+}
+
+/// Where the dynamic loader would find `name`: the folders of `LD_LIBRARY_PATH`, then the usual
+/// system library folders (a heuristic for error messages: `/etc/ld.so.conf` is not read).
+pub fn find_library(name: &str) -> Option<std::path::PathBuf> {
+    let env = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let system = [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+        "/lib",
+        "/usr/lib",
+        "/usr/local/lib",
+    ];
+    std::env::split_paths(&env)
+        .chain(system.iter().map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+}
+
+/// The user-facing error for a failed [`probe`] of a `kind` device: names the missing driver
+/// library when the backend's message says it could not load one, else says no GPU was found.
+pub fn gpu_error(kind: &str, spec: &str, detail: &str) -> MhclError {
+    let detail = one_line(detail);
+    let lower = detail.to_ascii_lowercase();
+    let library = lower.contains("libcuda")
+        || lower.contains("libvulkan")
+        || lower.contains("shared library")
+        || lower.contains("dynamically load")
+        || lower.contains("loader")
+        || (kind == "vulkan" && find_library("libvulkan.so.1").is_none());
+    let msg = match (kind, library) {
+        ("cuda", true) => format!(
+            "CUDA driver library not found (libcuda.so.1; install the NVIDIA driver or put its \
+             folder on LD_LIBRARY_PATH): --device {spec}: {detail}"
+        ),
+        ("cuda", false) => format!("no CUDA GPU found for --device {spec} ({detail})"),
+        ("vulkan", true) => format!(
+            "Vulkan loader library not found (libvulkan.so.1; install libvulkan1 and the GPU's \
+             Vulkan driver): --device {spec}: {detail}"
+        ),
+        ("vulkan", false) => format!(
+            "no Vulkan GPU found for --device {spec} ({detail}; needs libvulkan.so.1 and a \
+             Vulkan driver (ICD) for the GPU)"
+        ),
+        _ => format!("cannot open --device {spec} ({detail})"),
+    };
+    MhclError::arg(msg)
 }
 
 #[cfg(test)]
@@ -66,5 +180,36 @@ mod tests {
                 .contains("unknown device")
         );
         assert!(parse_device("cuda:x", None).is_err());
+    }
+
+    #[test]
+    fn probe_passes_on_the_cpu_and_errors_are_one_line() {
+        probe(&Device::flex()).unwrap();
+        probe(&Device::flex().autodiff()).unwrap();
+        assert_eq!(catch_silent(|| 3).unwrap(), 3);
+        let panicked: std::result::Result<(), String> = catch_silent(|| panic!("boom\nsecond"));
+        assert_eq!(panicked.unwrap_err(), "boom\nsecond");
+        let e = gpu_error("vulkan", "vulkan", "No adapter\n  found").to_string();
+        let want = match find_library("libvulkan.so.1") {
+            Some(_) => "no Vulkan GPU found",
+            None => "Vulkan loader library not found",
+        };
+        assert!(e.starts_with(want), "{e}");
+        assert!(!e.contains('\n'));
+        let e = gpu_error(
+            "cuda",
+            "cuda:1",
+            "Unable to dynamically load the \"cuda\" shared library",
+        );
+        assert!(
+            e.to_string().starts_with("CUDA driver library not found"),
+            "{e}"
+        );
+        let e = gpu_error("vulkan", "vulkan", "Vulkan loader libvulkan.so.1 missing");
+        assert!(
+            e.to_string().starts_with("Vulkan loader library not found"),
+            "{e}"
+        );
+        assert!(one_line(&"x ".repeat(400)).ends_with("..."));
     }
 }

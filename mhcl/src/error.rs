@@ -37,6 +37,10 @@ pub enum MhclError {
         epoch: usize,
         iter: usize,
     },
+    /// A data-parallel run failed: the first error of a rank (named by its global rank), a
+    /// failed worker process, or bad distributed flags found while joining the group.
+    #[error("{0}")]
+    Distributed(String),
     /// The run was interrupted (Ctrl-C); a checkpoint was written when possible.
     #[error("interrupted{}", .checkpoint.as_ref().map(|p| format!("; checkpoint saved to {}", p.display())).unwrap_or_default())]
     Interrupted { checkpoint: Option<PathBuf> },

@@ -10,6 +10,9 @@
 //! * [`train::pretrain`], [`lincls::run`]: `mhcl pretrain` / `mhcl lincls` with every flag of
 //!   `main_mhcl.py` / `main_lincls.py` ([`cli`]); [`checkpoint`]: one safetensors file per
 //!   checkpoint, written atomically, exact resume; [`knn`]: the weighted kNN monitor.
+//! * [`dist`]: data parallel, as the reference's `--multiprocessing-distributed` /
+//!   `--dist-url` / `--world-size` / `--rank` (plus `--dist-backend local`: ranks as threads);
+//!   built on `ssl-distributed`.
 //! * [`split`]: per-class train/val splits (`mhcl split --ratio 2:8 --seed 0 SRC DST`, the same
 //!   split as Python's `random.Random(seed).shuffle`); [`synthetic`]: a generated demo dataset.
 //!
@@ -46,12 +49,14 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod knn;
 pub mod lincls;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod precision;
 pub mod schedule;
 pub mod split;
 pub mod synthetic;

@@ -36,6 +36,7 @@ use ssl_models::{Arch, LinearClassifier, LinearClassifierConfig, ResNet, ResNetC
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
 use crate::cli::LinclsArgs;
 use crate::data;
+use crate::dist::{Launch, RankCtx};
 use crate::error::{MhclError, Result};
 use crate::optim::{MomentumBuffer, Sgd, SgdConfig};
 use crate::schedule::LrSchedule;
@@ -316,10 +317,9 @@ fn save_probe(
     c.write_atomic(path)
 }
 
-/// Runs `mhcl lincls`; see the module docs.
-pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
-    let t_run = Instant::now();
-    let arch = Arch::from_name(&args.arch).map_err(|e| MhclError::arg(e.to_string()))?;
+/// The checks of `mhcl lincls` that need no file, and how it runs (see [`crate::dist`]).
+pub fn prepare(args: &LinclsArgs) -> Result<Launch> {
+    Arch::from_name(&args.arch).map_err(|e| MhclError::arg(e.to_string()))?;
     if args.batch_size == 0 {
         return Err(MhclError::arg("--batch-size must be positive"));
     }
@@ -332,16 +332,103 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
             args.lr
         )));
     }
-    if args.world_size > 1 || args.multiprocessing_distributed {
-        return Err(MhclError::arg(
-            "data-parallel linear classification is not available in this command; run on one device",
-        ));
-    }
     if args.evaluate && args.resume.is_none() {
         return Err(MhclError::arg(
             "-e/--evaluate needs --resume with a linear-probe checkpoint (lincls_checkpoint.safetensors)",
         ));
     }
+    crate::dist::plan(&args.into())
+}
+
+/// Runs `mhcl lincls`; see the module docs.
+///
+/// Data parallel as `mhcl pretrain` ([`crate::train::pretrain`]): every rank trains the same
+/// `fc` on its share of DATA/train with gradients averaged, and extracts the validation
+/// features of its share of DATA/val (gathered, so every rank evaluates all of them); rank 0
+/// prints and writes the checkpoints and the summary. Returns rank 0's summary.
+pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
+    match prepare(args)? {
+        Launch::Single => run_rank(args, &RankCtx::single(args.batch_size, args.workers)),
+        Launch::Threads { layouts } => {
+            crate::dist::run_threads(&layouts, |ctx| run_rank(args, ctx))
+        }
+        Launch::Join {
+            backend,
+            config,
+            layout,
+        } => crate::dist::join(backend, &config, layout, |ctx| run_rank(args, ctx)),
+        Launch::Spawn { .. } => Err(MhclError::arg(
+            "--multiprocessing-distributed with --dist-backend tcp or nccl starts worker \
+             processes of the `mhcl` command: run it as `mhcl lincls` (mhcl::cli::run)",
+        )),
+    }
+}
+
+/// Pooled features of every sample of `loader`'s dataset in dataset order, and their labels.
+/// With several ranks each extracts its share (the loader's rank / world size; shares are
+/// padded to equal length as `DistributedSampler` does) and the shares are gathered.
+fn extract_all_features(
+    loader: &ssl_augment::Loader,
+    dataset_len: usize,
+    ctx: &RankCtx,
+    device: &Device,
+    features: impl Fn(Tensor<4>) -> Tensor<2>,
+) -> Result<(Tensor<2>, Vec<usize>)> {
+    let Some(group) = ctx.group() else {
+        return data::extract_features(loader, device, features);
+    };
+    let mut parts = Vec::with_capacity(loader.len());
+    let mut labels = Vec::with_capacity(loader.num_samples());
+    let mut indices = Vec::with_capacity(loader.num_samples());
+    for batch in loader.epoch(0) {
+        let mut batch = batch.map_err(|e| MhclError::data(e.to_string()))?;
+        let x = data::view_tensor(&mut batch, 0, device);
+        parts.push(features(x).detach());
+        labels.extend_from_slice(&batch.labels);
+        indices.extend_from_slice(&batch.indices);
+    }
+    if parts.is_empty() {
+        return Err(MhclError::data("no images to extract features from"));
+    }
+    let feats =
+        ssl_distributed::concat_all_gather(group, Tensor::cat(parts, 0)).map_err(component)?;
+    let mut meta = Vec::with_capacity(16 * indices.len());
+    for (&i, &l) in indices.iter().zip(&labels) {
+        meta.extend_from_slice(&(i as u64).to_le_bytes());
+        meta.extend_from_slice(&(l as u64).to_le_bytes());
+    }
+    let all_meta = group.all_gather_bytes(&meta).map_err(component)?;
+    // first row of every dataset index, in dataset order (the padding repeats some)
+    let mut row_of = vec![usize::MAX; dataset_len];
+    let mut label_of = vec![0usize; dataset_len];
+    let mut row = 0usize;
+    for part in &all_meta {
+        for c in part.chunks_exact(16) {
+            let i = u64::from_le_bytes(c[..8].try_into().expect("8 bytes")) as usize;
+            let l = u64::from_le_bytes(c[8..].try_into().expect("8 bytes")) as usize;
+            if i < dataset_len && row_of[i] == usize::MAX {
+                row_of[i] = row;
+                label_of[i] = l;
+            }
+            row += 1;
+        }
+    }
+    if row != feats.dims()[0] || row_of.contains(&usize::MAX) {
+        return Err(MhclError::Distributed(format!(
+            "gathered {} feature rows for {row} samples; some of the {dataset_len} images are missing",
+            feats.dims()[0]
+        )));
+    }
+    let idx: Vec<i64> = row_of.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [dataset_len]), &feats.device());
+    Ok((feats.select(0, idx), label_of))
+}
+
+/// One rank of `mhcl lincls` (the whole run for a single process).
+fn run_rank(args: &LinclsArgs, ctx: &RankCtx) -> Result<LinclsSummary> {
+    let t_run = Instant::now();
+    let main = ctx.is_main();
+    let arch = Arch::from_name(&args.arch).map_err(|e| MhclError::arg(e.to_string()))?;
     let train_set = Arc::new(data::open_split(&args.data, "train")?);
     let val_set = Arc::new(data::open_split(&args.data, "val")?);
     if train_set.classes() != val_set.classes() {
@@ -351,10 +438,11 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
         )));
     }
     let classes = train_set.classes().to_vec();
-    let device = crate::device::parse_device(&args.device, args.gpu)?;
-    data::ensure_writable_dir(&args.output_dir)?;
-    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() >> 11);
-    device.seed(seed);
+    let device = crate::device::parse_device(&args.device, ctx.device_index().or(args.gpu))?;
+    if main {
+        data::ensure_writable_dir(&args.output_dir)?;
+    }
+    let seed = ctx.broadcast_seed(args.seed.unwrap_or_else(|| rand::random::<u64>() >> 11))?;
 
     let pretrained = match &args.pretrained {
         Some(p) => Some((p.clone(), read_weights(p)?)),
@@ -371,19 +459,38 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
         None => None,
     };
     let source = resume.as_ref().or(pretrained.as_ref());
-    let backbone = build_backbone(
-        arch,
-        args.width,
-        source.map(|(p, l)| (p.as_path(), l)),
-        &device,
-    )?;
+    let train_device = device.clone().autodiff();
+    // the device's generator is shared by ranks that run as threads: initialise one at a time
+    let (mut backbone, mut fc) = {
+        let _init = crate::dist::init_lock();
+        device.seed(seed);
+        let backbone = build_backbone(
+            arch,
+            args.width,
+            source.map(|(p, l)| (p.as_path(), l)),
+            &device,
+        )?;
+        let fc = LinearClassifierConfig::new(backbone.feature_dim(), classes.len())
+            .try_init(&train_device)
+            .map_err(component)?;
+        (backbone, fc)
+    };
+    if ctx.group().is_some() {
+        // identical start on every rank: rank 0's fc (and backbone when not loaded)
+        if source.is_none() {
+            let t = ctx.broadcast_tensors(module_tensors(&backbone).map_err(component)?)?;
+            backbone = load_tensors(backbone, t, &LoadOptions::new())
+                .map_err(component)?
+                .0;
+        }
+        let t = ctx.broadcast_tensors(module_tensors(&fc).map_err(component)?)?;
+        fc = load_tensors(fc, t, &LoadOptions::new())
+            .map_err(component)?
+            .0;
+    }
     let width = backbone.width;
     let eval_backbone = backbone.valid();
-    let train_device = device.clone().autodiff();
     let feat_dim = eval_backbone.feature_dim();
-    let mut fc = LinearClassifierConfig::new(feat_dim, classes.len())
-        .try_init(&train_device)
-        .map_err(component)?;
     let mut sgd = SgdConfig::new()
         .with_momentum(args.momentum)
         .with_weight_decay(args.weight_decay)
@@ -413,30 +520,38 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
                 history = serde_json::from_value(h.clone()).unwrap_or_default();
             }
         }
-        println!(
-            "=> loaded probe checkpoint '{}' (epoch {start_epoch})",
-            path.display()
-        );
+        if main {
+            println!(
+                "=> loaded probe checkpoint '{}' (epoch {start_epoch})",
+                path.display()
+            );
+        }
     }
-    if let Some((p, _)) = &pretrained {
+    if let Some((p, _)) = &pretrained
+        && main
+    {
         println!("=> loaded pretrained weights from '{}'", p.display());
     }
 
-    let workers = data::effective_workers(args.workers);
+    let world = ctx.world_size();
+    let workers = data::effective_workers(ctx.layout().workers);
     let eval_tf: Arc<dyn SampleTransform> =
         Arc::new(probe_eval_transform(args.image_size).map_err(|e| MhclError::arg(e.to_string()))?);
     let val_loader = data::loader(
         Arc::clone(&val_set),
         eval_tf,
         LoaderConfig::default()
-            .with_batch_size(args.batch_size)
+            .with_batch_size(ctx.batch_size())
             .with_workers(workers)
-            .with_shuffle(false),
+            .with_shuffle(false)
+            .with_rank(ctx.rank(), world),
     )?;
     // The backbone is frozen and in eval mode and the transform is deterministic: the
     // validation features are the same every epoch, so compute them once.
     let (val_feats, val_labels) =
-        data::extract_features(&val_loader, &device, |x| eval_backbone.pooled(x))?;
+        extract_all_features(&val_loader, val_set.len(), ctx, &device, |x| {
+            eval_backbone.pooled(x)
+        })?;
     let val_eval = |fc: &LinearClassifier| -> Result<Eval> {
         let logits = fc.valid().forward(val_feats.clone());
         let v = logits
@@ -449,7 +564,6 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
 
     if args.evaluate {
         let e = val_eval(&fc)?;
-        println!(" * Acc@1 {:.3} Acc@5 {:.3}", e.acc1, e.acc5);
         let summary = summarize(
             args,
             &classes,
@@ -460,7 +574,10 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
             val_set.len(),
             t_run,
         );
-        write_summary(&args.output_dir, &summary)?;
+        if main {
+            println!(" * Acc@1 {:.3} Acc@5 {:.3}", e.acc1, e.acc5);
+            write_summary(&args.output_dir, &summary)?;
+        }
         return Ok(summary);
     }
 
@@ -471,22 +588,30 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
         Arc::clone(&train_set),
         train_tf,
         LoaderConfig::default()
-            .with_batch_size(args.batch_size)
+            .with_batch_size(ctx.batch_size())
             .with_workers(workers)
             .with_seed(seed.wrapping_add(1))
-            .with_shuffle(true),
+            .with_shuffle(true)
+            .with_rank(ctx.rank(), world),
     )?;
     let schedule = LrSchedule::from_flags(args.lr, args.cos, args.epochs, &args.schedule);
     let iters = train_loader.len();
-    println!(
-        "=> linear probe: {} (width {width}, {feat_dim}-d features), {} classes, {} train / {} val images, {} epochs",
-        args.arch,
-        classes.len(),
-        train_set.len(),
-        val_set.len(),
-        args.epochs
-    );
-    let show_bar = !args.no_progress && std::io::stderr().is_terminal();
+    if main {
+        let ranks = if world > 1 {
+            format!(", {world} ranks x batch {}", ctx.batch_size())
+        } else {
+            String::new()
+        };
+        println!(
+            "=> linear probe: {} (width {width}, {feat_dim}-d features), {} classes, {} train / {} val images, {} epochs{ranks}",
+            args.arch,
+            classes.len(),
+            train_set.len(),
+            val_set.len(),
+            args.epochs
+        );
+    }
+    let show_bar = main && !args.no_progress && std::io::stderr().is_terminal();
     let mut last_eval = None;
     crate::train::clear_interrupt();
     for epoch in start_epoch..args.epochs {
@@ -522,8 +647,12 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
             });
             seen += n;
             let grads = GradientsParams::from_grads(loss.backward(), &fc);
+            let grads = match ctx.group() {
+                Some(g) => ssl_distributed::average_gradients(g, &fc, grads).map_err(component)?,
+                None => grads,
+            };
             fc = sgd.step(lr, fc, grads);
-            if args.print_freq > 0 && it % args.print_freq == 0 {
+            if main && args.print_freq > 0 && it % args.print_freq == 0 {
                 let avg = scalar(loss_sum.clone().expect("set above"))? / seen as f64;
                 let line = format!(
                     "Epoch: [{epoch}][{it}/{iters}]\tLoss {}",
@@ -541,7 +670,12 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
-        let train_loss = loss_sum.map(scalar).transpose()?.unwrap_or(f64::NAN) / seen.max(1) as f64;
+        let mut sums = [
+            loss_sum.map(scalar).transpose()?.unwrap_or(f64::NAN),
+            seen as f64,
+        ];
+        ctx.sum(&mut sums)?;
+        let train_loss = sums[0] / sums[1].max(1.0);
         if !train_loss.is_finite() {
             return Err(MhclError::NonFinite {
                 value: train_loss as f32,
@@ -558,41 +692,44 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
             val_acc5: e.acc5,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        println!(
-            "lincls epoch {epoch} lr {lr:.5} loss {train_loss:.4} val acc@1 {:.2} acc@5 {:.2} {:.1}s",
-            rec.val_acc1, rec.val_acc5, rec.seconds
-        );
-        println!(" * Acc@1 {:.3} Acc@5 {:.3}", e.acc1, e.acc5);
         let improved = history.iter().all(|h| rec.val_acc1 > h.val_acc1);
-        history.push(rec);
-        let (best1, best5) = best(&history);
-        println!("best acc1: {best1:.3} best acc5: {best5:.3}");
-        let extra = serde_json::json!({ "history": history });
-        save_probe(
-            &args.output_dir.join(CHECKPOINT_FILE),
-            &backbone,
-            &fc,
-            &sgd,
-            args,
-            epoch + 1,
-            extra.clone(),
-        )?;
-        if improved {
+        history.push(rec.clone());
+        if main {
+            println!(
+                "lincls epoch {epoch} lr {lr:.5} loss {train_loss:.4} val acc@1 {:.2} acc@5 {:.2} {:.1}s",
+                rec.val_acc1, rec.val_acc5, rec.seconds
+            );
+            println!(" * Acc@1 {:.3} Acc@5 {:.3}", e.acc1, e.acc5);
+            let (best1, best5) = best(&history);
+            println!("best acc1: {best1:.3} best acc5: {best5:.3}");
+            let extra = serde_json::json!({ "history": history });
             save_probe(
-                &args.output_dir.join(BEST_FILE),
+                &args.output_dir.join(CHECKPOINT_FILE),
                 &backbone,
                 &fc,
                 &sgd,
                 args,
                 epoch + 1,
-                extra,
+                extra.clone(),
             )?;
+            if improved {
+                save_probe(
+                    &args.output_dir.join(BEST_FILE),
+                    &backbone,
+                    &fc,
+                    &sgd,
+                    args,
+                    epoch + 1,
+                    extra,
+                )?;
+            }
         }
         last_eval = Some(e);
-        if crate::train::interrupted() {
+        // every rank stops after the same epoch, whichever saw Ctrl-C
+        if ctx.any(crate::train::interrupted())? {
             crate::train::clear_interrupt();
             return Err(MhclError::Interrupted {
-                checkpoint: Some(args.output_dir.join(CHECKPOINT_FILE)),
+                checkpoint: main.then(|| args.output_dir.join(CHECKPOINT_FILE)),
             });
         }
     }
@@ -610,17 +747,19 @@ pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
         val_set.len(),
         t_run,
     );
-    write_summary(&args.output_dir, &summary)?;
-    if !history.is_empty() {
-        crate::plot::lincls_curves(&args.output_dir.join(CURVES_FILE), &history)?;
+    if main {
+        write_summary(&args.output_dir, &summary)?;
+        if !history.is_empty() {
+            crate::plot::lincls_curves(&args.output_dir.join(CURVES_FILE), &history)?;
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "best_acc1": summary.best_acc1, "best_acc5": summary.best_acc5,
+                "final_acc1": summary.final_acc1, "final_acc5": summary.final_acc5,
+            })
+        );
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "best_acc1": summary.best_acc1, "best_acc5": summary.best_acc5,
-            "final_acc1": summary.final_acc1, "final_acc5": summary.final_acc5,
-        })
-    );
     Ok(summary)
 }
 

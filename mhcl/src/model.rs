@@ -44,6 +44,7 @@ use ssl_queue::MomentumQueue;
 use crate::checkpoint::ModelMeta;
 use crate::error::{MhclError, Result};
 use crate::optim::{MomentumBuffer, Sgd};
+use crate::precision::{self, Precision};
 
 /// Number of scales of the MHCL encoder (layer1..layer4).
 pub const MHCL_SCALES: usize = 4;
@@ -81,6 +82,8 @@ pub struct MhclConfig {
     /// Single-device shuffle-BN substitute: key sub-batches with their own BN statistics
     /// (1 = off). Ignored when a process group with several ranks does real shuffle-BN.
     pub shuffle_bn_splits: usize,
+    /// Number format of the encoder forwards (`--precision`; see [`crate::precision`]).
+    pub precision: Precision,
 }
 
 impl MhclConfig {
@@ -99,6 +102,7 @@ impl MhclConfig {
             beta_b: 1.0,
             detach_hard_keys: false,
             shuffle_bn_splits: 1,
+            precision: Precision::F32,
         }
     }
 
@@ -160,6 +164,12 @@ impl MhclConfig {
     /// Sets the number of key sub-batches of the shuffle-BN substitute.
     pub fn with_shuffle_bn_splits(mut self, g: usize) -> Self {
         self.shuffle_bn_splits = g;
+        self
+    }
+
+    /// Sets the number format of the encoder forwards (`--precision`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 
@@ -270,6 +280,74 @@ pub struct StepStats {
     pub acc5: f32,
 }
 
+/// Wall time of each phase of the last [`Mhcl::train_step`], recorded when profiling is on
+/// ([`Mhcl::set_profiling`]). Each phase ends with a device synchronization, so the times are
+/// those of the work itself on asynchronous devices too (the synchronizations make the step
+/// itself a little slower there).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepProfile {
+    /// Query encoder forward and normalization.
+    pub query_forward: std::time::Duration,
+    /// Momentum (EMA) update of the key encoder.
+    pub ema: std::time::Duration,
+    /// Key encoder forward (with shuffle-BN when on) and normalization.
+    pub key_forward: std::time::Duration,
+    /// Mixing draws and the loss forward (for the fused loss this includes the gradient with
+    /// respect to the queries).
+    pub loss: std::time::Duration,
+    /// Backward through the query encoder and collecting the gradients.
+    pub backward: std::time::Duration,
+    /// Gradient averaging across ranks (data parallel only).
+    pub all_reduce: std::time::Duration,
+    /// SGD update.
+    pub sgd: std::time::Duration,
+    /// Gathering the keys (data parallel only) and writing them into the queue.
+    pub enqueue: std::time::Duration,
+}
+
+impl StepProfile {
+    /// The phases by name, in step order.
+    pub fn phases(&self) -> [(&'static str, std::time::Duration); 8] {
+        [
+            ("query_forward", self.query_forward),
+            ("ema", self.ema),
+            ("key_forward", self.key_forward),
+            ("loss", self.loss),
+            ("backward", self.backward),
+            ("all_reduce", self.all_reduce),
+            ("sgd", self.sgd),
+            ("enqueue", self.enqueue),
+        ]
+    }
+}
+
+/// Phase clock of a profiled step: synchronizes the device and returns the time since the
+/// previous mark; inactive (no synchronization, zero times) when profiling is off.
+struct PhaseClock {
+    device: Option<Device>,
+    last: std::time::Instant,
+}
+
+impl PhaseClock {
+    fn new(device: Option<Device>) -> Self {
+        Self {
+            device,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn mark(&mut self) -> std::time::Duration {
+        let Some(device) = &self.device else {
+            return std::time::Duration::ZERO;
+        };
+        let _ = device.sync();
+        let now = std::time::Instant::now();
+        let d = now - self.last;
+        self.last = now;
+        d
+    }
+}
+
 /// The MHCL / MoCo v2 model: see the module docs.
 pub struct Mhcl {
     config: MhclConfig,
@@ -280,6 +358,11 @@ pub struct Mhcl {
     queue: MomentumQueue,
     loss: HardFeatureLoss,
     device: Device,
+    /// `Some` while profiling: the phases of the last step.
+    profile: Option<StepProfile>,
+    /// BatchNorm buffers of the last low-precision query forward, written back into the f32
+    /// `encoder_q` before its SGD step.
+    query_buffers: Option<precision::Buffers>,
 }
 
 impl std::fmt::Debug for Mhcl {
@@ -297,6 +380,7 @@ impl Mhcl {
     pub fn new(config: MhclConfig, device: &Device) -> Result<Self> {
         config.validate()?;
         let device = device.clone().autodiff();
+        config.precision.check_device(&device)?;
         let encoder_q = config.encoder().try_init(&device).map_err(component)?;
         // A deep copy: `clone()` would share lazily initialised parameters and BN buffers.
         let encoder_k = encoder_q.valid().train().no_grad();
@@ -315,7 +399,20 @@ impl Mhcl {
             queue,
             loss,
             device,
+            profile: None,
+            query_buffers: None,
         })
+    }
+
+    /// Turns the per-phase timing of [`Mhcl::train_step`] on or off (off by default; on, every
+    /// phase ends with a device synchronization).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(StepProfile::default);
+    }
+
+    /// The phase times of the last step, when profiling is on.
+    pub fn last_profile(&self) -> Option<&StepProfile> {
+        self.profile.as_ref()
     }
 
     /// The configuration.
@@ -385,7 +482,24 @@ impl Mhcl {
     ) -> Result<Tensor<3>> {
         let k = match group {
             Some(g) if g.world_size() > 1 => {
+                // Rank 0 draws the permutation of the global batch from the step's generator
+                // (batch_shuffle broadcasts it); the other ranks make the same draw from theirs,
+                // so every rank's generator stays in step and the mixing draws below are the
+                // same on all ranks. (One device with `shuffle_bn_splits = world` draws the
+                // same permutation.)
+                let n_all = im_k.dims()[0] * g.world_size();
+                let mut drawn: Vec<usize> = (0..n_all).collect();
+                if g.rank() != 0 {
+                    drawn.shuffle(rng);
+                }
                 let (x, perm) = ssl_distributed::batch_shuffle(g, im_k, rng).map_err(component)?;
+                if g.rank() != 0 && perm.shuffle() != drawn.as_slice() {
+                    return Err(MhclError::Component(format!(
+                        "rank {} drew another shuffle-BN permutation than rank 0: the ranks' \
+                         step generators differ (different seeds?)",
+                        g.rank()
+                    )));
+                }
                 let k = self.encoder_k().forward(x);
                 ssl_distributed::batch_unshuffle(g, k, &perm).map_err(component)?
             }
@@ -397,10 +511,53 @@ impl Mhcl {
         ssl_losses::normalize(k.detach(), 2).map_err(component)
     }
 
+    /// Query encoder forward in the configured precision, output in f32. Mixed precision
+    /// forwards a low-precision view of `encoder_q` (gradients reach its f32 parameters) and
+    /// keeps the view's BatchNorm buffers for [`Mhcl::train_step`] to write back.
+    fn query_forward(&mut self, encoder_q: &MhclEncoder, im_q: Tensor<4>) -> Tensor<3> {
+        let p = self.config.precision;
+        if !p.is_mixed() {
+            return encoder_q.forward(im_q);
+        }
+        let low = precision::cast_copy(encoder_q, p.dtype());
+        let out = low.forward(im_q.cast(p.dtype()));
+        self.query_buffers = Some(precision::buffers(&low));
+        out.cast(burn::tensor::DType::F32)
+    }
+
+    /// [`Mhcl::keys`] in the configured precision, normalized in f32. Mixed precision runs a
+    /// low-precision view of `encoder_k` and writes its BatchNorm buffers back into the f32
+    /// key encoder.
+    fn keys_in_precision(
+        &mut self,
+        im_k: Tensor<4>,
+        rng: &mut StdRng,
+        group: Option<&dyn ProcessGroup>,
+    ) -> Result<Tensor<3>> {
+        let p = self.config.precision;
+        if !p.is_mixed() {
+            return self.keys(im_k, rng, group);
+        }
+        let master = self
+            .encoder_k
+            .take()
+            .expect("encoder_k is present between steps");
+        self.encoder_k = Some(precision::cast_copy(&master, p.dtype()));
+        let k = self.keys(im_k.cast(p.dtype()), rng, group);
+        let low = self.encoder_k.take().expect("set above");
+        self.encoder_k = Some(precision::write_back_buffers(
+            master,
+            precision::buffers(&low),
+        ));
+        ssl_losses::normalize(k?.cast(burn::tensor::DType::F32), 2).map_err(component)
+    }
+
     /// One training step (see the module docs). `im_q`, `im_k`: `(N, 3, H, W)` crops of the
     /// same images; `rng`: this step's generator (shuffle-BN permutation, then λ, μ, perm);
     /// `group`: the process group when training data-parallel (keys are gathered from all
-    /// ranks, gradients averaged, shuffle-BN across ranks).
+    /// ranks, gradients averaged, shuffle-BN across ranks); every rank then passes a generator
+    /// in the same state (e.g. `train::step_rng(seed, step)`), so all ranks draw the same
+    /// permutation and mixing values.
     pub fn train_step(
         &mut self,
         im_q: Tensor<4>,
@@ -414,13 +571,19 @@ impl Mhcl {
             .encoder_q
             .take()
             .expect("encoder_q is present between steps");
-        let result = self.step_inner(&encoder_q, im_q, im_k, rng, group);
+        let mut clock = PhaseClock::new(self.profile.is_some().then(|| self.device.clone()));
+        let mut prof = StepProfile::default();
+        let result = self.step_inner(&encoder_q, im_q, im_k, rng, group, &mut clock, &mut prof);
         let (grads, stats, keys) = match result {
             Ok(v) => v,
             Err(e) => {
                 self.encoder_q = Some(encoder_q);
                 return Err(e);
             }
+        };
+        let encoder_q = match self.query_buffers.take() {
+            Some(b) => precision::write_back_buffers(encoder_q, b),
+            None => encoder_q,
         };
         let grads = match group {
             Some(g) if g.world_size() > 1 => {
@@ -434,7 +597,9 @@ impl Mhcl {
             }
             _ => grads,
         };
+        prof.all_reduce = clock.mark();
         self.encoder_q = Some(optim.step(lr, encoder_q, grads));
+        prof.sgd = clock.mark();
         let keys = match group {
             Some(g) if g.world_size() > 1 => {
                 ssl_distributed::concat_all_gather(g, keys).map_err(component)?
@@ -442,10 +607,14 @@ impl Mhcl {
             _ => keys,
         };
         self.queue.enqueue(keys).map_err(component)?;
+        prof.enqueue = clock.mark();
+        if self.profile.is_some() {
+            self.profile = Some(prof);
+        }
         Ok(stats)
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn step_inner(
         &mut self,
         encoder_q: &MhclEncoder,
@@ -453,6 +622,8 @@ impl Mhcl {
         im_k: Tensor<4>,
         rng: &mut StdRng,
         group: Option<&dyn ProcessGroup>,
+        clock: &mut PhaseClock,
+        prof: &mut StepProfile,
     ) -> Result<(GradientsParams, StepStats, Tensor<3>)> {
         encoder_q.check_input(&im_q).map_err(component)?;
         if im_q.dims() != im_k.dims() {
@@ -462,21 +633,25 @@ impl Mhcl {
                 im_k.dims()
             )));
         }
-        let q = ssl_losses::normalize(encoder_q.forward(im_q), 2).map_err(component)?;
+        let q = ssl_losses::normalize(self.query_forward(encoder_q, im_q), 2).map_err(component)?;
+        prof.query_forward = clock.mark();
         // EMA before the key forward, as MoCo's forward does.
         let encoder_k = self
             .encoder_k
             .take()
             .expect("encoder_k is present between steps");
-        let snapshot = encoder_k.clone();
-        match ssl_queue::ema_update(encoder_k, encoder_q, self.config.momentum) {
+        // No copy of encoder_k is held meanwhile: the update then runs in place.
+        match ssl_queue::try_ema_update(encoder_k, encoder_q, self.config.momentum) {
             Ok(k) => self.encoder_k = Some(k),
-            Err(e) => {
-                self.encoder_k = Some(snapshot);
+            Err(failed) => {
+                let (k, e) = *failed;
+                self.encoder_k = Some(k);
                 return Err(component(e));
             }
         }
-        let k = self.keys(im_k, rng, group)?;
+        prof.ema = clock.mark();
+        let k = self.keys_in_precision(im_k, rng, group)?;
+        prof.key_forward = clock.mark();
         let mixing = if self.config.mhcl {
             Some(
                 HardMixing::draw(
@@ -497,7 +672,9 @@ impl Mhcl {
             .forward(q, k, queue, mixing.as_ref())
             .map_err(component)?;
         let loss = out.loss.clone().detach().inner();
+        prof.loss = clock.mark();
         let grads = GradientsParams::from_grads(out.loss.backward(), encoder_q);
+        prof.backward = clock.mark();
         Ok((
             grads,
             StepStats {

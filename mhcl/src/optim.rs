@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::error::{MhclError, Result};
 
@@ -366,32 +367,25 @@ impl ModuleMapper for StepMapper<'_> {
         let device = p.device();
         let grad = grad.inner().to_device(&device);
         let cfg = self.config;
-
-        let mut d = if cfg.weight_decay != 0.0 {
-            grad.add(p.clone().mul_scalar(cfg.weight_decay))
+        let shape = p.shape();
+        let key = self.path.join(".");
+        let old: Option<Tensor<D>> = if cfg.momentum != 0.0 {
+            self.buffers
+                .remove(&key)
+                .map(|b| b.value.reshape(shape.clone()))
         } else {
-            grad
+            None
         };
-        if cfg.momentum != 0.0 {
-            let key = self.path.join(".");
-            let shape = p.shape();
-            let buf = match self.buffers.remove(&key) {
-                Some(old) => {
-                    let old: Tensor<D> = old.value.reshape(shape.clone());
-                    let dd = if cfg.dampening != 0.0 {
-                        d.clone().mul_scalar(1.0 - cfg.dampening)
-                    } else {
-                        d.clone()
-                    };
-                    old.mul_scalar(cfg.momentum).add(dd)
-                }
-                None => d.clone(),
-            };
-            d = if cfg.nesterov {
-                d.add(buf.clone().mul_scalar(cfg.momentum))
-            } else {
-                buf.clone()
-            };
+        let f32_on_flex = device == Device::flex()
+            && p.dtype() == DType::F32
+            && grad.dtype() == DType::F32
+            && old.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        let (p, buf) = if f32_on_flex {
+            update_host(cfg, self.lr, p, grad, old)
+        } else {
+            update_tensors(cfg, self.lr, p, grad, old)
+        };
+        if let Some(buf) = buf {
             let (pt_name, transposed) =
                 pytorch_name(&self.path, innermost_struct(&self.containers), D);
             self.buffers.insert(
@@ -404,7 +398,6 @@ impl ModuleMapper for StepMapper<'_> {
                 },
             );
         }
-        let p = p.sub(d.mul_scalar(self.lr));
 
         let mut out = if was_autodiff {
             Tensor::from_inner(p)
@@ -419,6 +412,140 @@ impl ModuleMapper for StepMapper<'_> {
         }
         Param::from_mapped_value(id, out, mapper)
     }
+}
+
+/// One parameter's update with tensor operations (any device and float type): returns the new
+/// parameter and, with momentum, the new buffer (`old` is the previous one, `None` on the first
+/// step).
+fn update_tensors<const D: usize>(
+    cfg: &SgdConfig,
+    lr: f64,
+    p: Tensor<D>,
+    grad: Tensor<D>,
+    old: Option<Tensor<D>>,
+) -> (Tensor<D>, Option<Tensor<D>>) {
+    let mut d = if cfg.weight_decay != 0.0 {
+        grad.add(p.clone().mul_scalar(cfg.weight_decay))
+    } else {
+        grad
+    };
+    let mut buffer = None;
+    if cfg.momentum != 0.0 {
+        let buf = match old {
+            Some(old) => {
+                let dd = if cfg.dampening != 0.0 {
+                    d.clone().mul_scalar(1.0 - cfg.dampening)
+                } else {
+                    d.clone()
+                };
+                old.mul_scalar(cfg.momentum).add(dd)
+            }
+            None => d.clone(),
+        };
+        d = if cfg.nesterov {
+            d.add(buf.clone().mul_scalar(cfg.momentum))
+        } else {
+            buf.clone()
+        };
+        buffer = Some(buf);
+    }
+    (p.sub(d.mul_scalar(lr)), buffer)
+}
+
+/// Elements per task of the host update (below it, one task does the whole tensor).
+const HOST_CHUNK: usize = 1 << 15;
+
+/// [`update_tensors`] for f32 tensors on the Flex CPU device, as one pass over the values: the
+/// parameter, gradient and buffer are taken out of their tensors without a copy (they are not
+/// shared after the backward pass; a shared one is copied first) and updated in place, so a step
+/// reads each value once and allocates nothing, where the tensor form makes six passes and two
+/// temporaries per parameter. The arithmetic is the tensor form's, element by element.
+fn update_host<const D: usize>(
+    cfg: &SgdConfig,
+    lr: f64,
+    p: Tensor<D>,
+    grad: Tensor<D>,
+    old: Option<Tensor<D>>,
+) -> (Tensor<D>, Option<Tensor<D>>) {
+    use rayon::prelude::*;
+
+    let device = p.device();
+    let mut p_data = p.into_data();
+    let mut g_data = grad.into_data();
+    let mut b_data = old.map(Tensor::into_data);
+    let wd = cfg.weight_decay as f32;
+    let momentum = cfg.momentum as f32;
+    let damp1 = (1.0 - cfg.dampening) as f32;
+    let lr = lr as f32;
+    let (use_wd, use_momentum, damped, nesterov) = (
+        cfg.weight_decay != 0.0,
+        cfg.momentum != 0.0,
+        cfg.dampening != 0.0,
+        cfg.nesterov,
+    );
+    let first = use_momentum && b_data.is_none();
+    {
+        let ps = p_data
+            .as_mut_slice::<f32>()
+            .expect("an f32 parameter has f32 values");
+        let gs = g_data
+            .as_mut_slice::<f32>()
+            .expect("an f32 gradient has f32 values");
+        let kernel = |ps: &mut [f32], gs: &mut [f32], bs: Option<&mut [f32]>| match bs {
+            // Later steps: buf = m * buf + (1 - dampening) * d.
+            Some(bs) => {
+                for ((p, &g), b) in ps.iter_mut().zip(gs.iter()).zip(bs.iter_mut()) {
+                    let d = if use_wd { g + *p * wd } else { g };
+                    let dd = if damped { d * damp1 } else { d };
+                    *b = *b * momentum + dd;
+                    let step = if nesterov { d + *b * momentum } else { *b };
+                    *p -= step * lr;
+                }
+            }
+            // First step with momentum: buf = d, kept in the gradient's storage.
+            None if first => {
+                for (p, g) in ps.iter_mut().zip(gs.iter_mut()) {
+                    let d = if use_wd { *g + *p * wd } else { *g };
+                    *g = d;
+                    let step = if nesterov { d + d * momentum } else { d };
+                    *p -= step * lr;
+                }
+            }
+            // No momentum: p -= lr * d.
+            None => {
+                for (p, &g) in ps.iter_mut().zip(gs.iter()) {
+                    let d = if use_wd { g + *p * wd } else { g };
+                    *p -= d * lr;
+                }
+            }
+        };
+        let mut bs = b_data.as_mut().map(|b| {
+            b.as_mut_slice::<f32>()
+                .expect("an f32 momentum buffer has f32 values")
+        });
+        if ps.len() <= HOST_CHUNK {
+            kernel(ps, gs, bs);
+        } else {
+            match bs.as_mut() {
+                Some(bs) => ps
+                    .par_chunks_mut(HOST_CHUNK)
+                    .zip(gs.par_chunks_mut(HOST_CHUNK))
+                    .zip(bs.par_chunks_mut(HOST_CHUNK))
+                    .for_each(|((p, g), b)| kernel(p, g, Some(b))),
+                None => ps
+                    .par_chunks_mut(HOST_CHUNK)
+                    .zip(gs.par_chunks_mut(HOST_CHUNK))
+                    .for_each(|(p, g)| kernel(p, g, None)),
+            }
+        }
+    }
+    let p = Tensor::from_data(p_data, &device);
+    let buf = match b_data {
+        Some(b) => Some(Tensor::from_data(b, &device)),
+        None if first => Some(Tensor::from_data(g_data, &device)),
+        None => None,
+    };
+    (p, buf)
 }
 
 struct ParamInfo {
@@ -559,6 +686,43 @@ mod tests {
                 .with_nesterov(true),
         );
         check_against_reference(SgdConfig::new().with_momentum(0.5).with_dampening(0.3));
+    }
+
+    #[test]
+    fn host_update_equals_tensor_update_on_large_tensors() {
+        use burn::tensor::Distribution;
+        let device = Device::flex();
+        let n = 3 * HOST_CHUNK + 17; // several parallel chunks and a ragged tail
+        for cfg in [
+            SgdConfig::new(),
+            SgdConfig::new().with_weight_decay(1e-4),
+            SgdConfig::new().with_momentum(0.9).with_weight_decay(1e-4),
+            SgdConfig::new()
+                .with_momentum(0.9)
+                .with_weight_decay(1e-2)
+                .with_nesterov(true),
+            SgdConfig::new().with_momentum(0.5).with_dampening(0.3),
+        ] {
+            device.seed(7);
+            let p0 = Tensor::<2>::random([n, 1], Distribution::Normal(0.0, 1.0), &device);
+            let (mut pa, mut pb) = (p0.clone(), p0);
+            let (mut ba, mut bb) = (None, None);
+            for step in 0..3 {
+                let g = Tensor::<2>::random([n, 1], Distribution::Normal(0.0, 1.0), &device);
+                let lr = 0.1 / (step as f64 + 1.0);
+                (pa, ba) = update_host(&cfg, lr, pa, g.clone(), ba);
+                (pb, bb) = update_tensors(&cfg, lr, pb, g, bb);
+                assert_eq!(
+                    values(pa.clone()),
+                    values(pb.clone()),
+                    "{cfg:?} step {step}"
+                );
+                assert_eq!(ba.is_some(), bb.is_some());
+                if let (Some(a), Some(b)) = (&ba, &bb) {
+                    assert_eq!(values(a.clone()), values(b.clone()), "{cfg:?} buffer");
+                }
+            }
+        }
     }
 
     #[test]

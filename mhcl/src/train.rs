@@ -14,6 +14,13 @@
 //! `(seed, t)`, and `--resume` continues exactly: an interrupted and resumed run ends with the
 //! same weights as an uninterrupted one.
 //!
+//! Data parallel ([`crate::dist`]): every rank runs this loop on its share of the data with
+//! `--batch-size / --nproc-per-node` images per step, from rank 0's seed and weights; the step
+//! gathers the keys of all ranks, averages the gradients and shuffles the keys across ranks
+//! ([`Mhcl::train_step`] with the group). The step generators are the same on every rank.
+//! Only rank 0 prints, writes the metrics (means over all ranks; images/s of all ranks) and
+//! saves checkpoints.
+//!
 //! Ctrl-C stops after the current step, writes `checkpoint_interrupted.safetensors` (resumable,
 //! mid-epoch) and returns [`MhclError::Interrupted`]; a second Ctrl-C exits at once.
 
@@ -38,6 +45,7 @@ use ssl_models::Arch;
 use crate::checkpoint::{Checkpoint, CheckpointMeta, RngState};
 use crate::cli::PretrainArgs;
 use crate::data;
+use crate::dist::{Launch, RankCtx};
 use crate::error::{MhclError, Result};
 use crate::knn::{KNN_K, KNN_T, KnnResult, weighted_knn};
 use crate::model::{Mhcl, MhclConfig};
@@ -96,7 +104,7 @@ static INTERRUPT_AT_STEP: AtomicU64 = AtomicU64::new(u64::MAX);
 static HANDLER: OnceLock<bool> = OnceLock::new();
 
 /// Installs the Ctrl-C handler once per process (a second Ctrl-C exits with status 130).
-fn install_interrupt_handler() {
+pub(crate) fn install_interrupt_handler() {
     HANDLER.get_or_init(|| {
         ctrlc::set_handler(|| {
             if INTERRUPTED.swap(true, Ordering::SeqCst) {
@@ -155,7 +163,8 @@ pub fn model_config(args: &PretrainArgs) -> Result<MhclConfig> {
         .with_temperature(args.moco_t)
         .with_beta(args.beta_a, args.beta_b)
         .with_detach_hard_keys(args.detach_hard_keys)
-        .with_shuffle_bn_splits(args.shuffle_bn_splits);
+        .with_shuffle_bn_splits(args.shuffle_bn_splits)
+        .with_precision(args.precision.parse()?);
     config.validate()?;
     config.check_batch(args.batch_size, args.batch_size)?;
     Ok(config)
@@ -177,13 +186,6 @@ fn check_args(args: &PretrainArgs) -> Result<()> {
             "--lr must be >= 0, got {}",
             args.lr
         )));
-    }
-    if args.world_size > 1 || args.nproc_per_node > 1 || args.multiprocessing_distributed {
-        return Err(MhclError::arg(
-            "data-parallel pretraining (--world-size > 1, --nproc-per-node > 1, \
-             --multiprocessing-distributed) is not available in this command yet; \
-             run on one device",
-        ));
     }
     Ok(())
 }
@@ -284,6 +286,8 @@ struct RunState<'a> {
     model: Mhcl,
     sgd: Sgd,
     step: u64,
+    /// `(ranks, images per rank and step)`: a checkpoint in mid-epoch resumes with these only.
+    layout: (usize, usize),
 }
 
 impl RunState<'_> {
@@ -299,6 +303,10 @@ impl RunState<'_> {
         meta.args = serde_json::to_value(self.args)
             .map_err(|e| MhclError::Component(format!("arguments JSON: {e}")))?;
         meta.kind = "pretrain".into();
+        meta.extra = serde_json::json!({
+            "world_size": self.layout.0,
+            "batch_per_rank": self.layout.1,
+        });
         let mut c = Checkpoint::new(meta);
         c.tensors = self.model.state(&self.sgd)?;
         Ok(c)
@@ -321,32 +329,99 @@ fn describe(m: &crate::checkpoint::ModelMeta) -> String {
     )
 }
 
-/// Runs `mhcl pretrain`; see the module docs.
-pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
+/// The checks of `mhcl pretrain` that need no file, and how it runs (single process, ranks as
+/// threads, worker processes to spawn, or a rank of a process group).
+pub fn prepare(args: &PretrainArgs) -> Result<(MhclConfig, Launch)> {
     check_args(args)?;
     let config = model_config(args)?;
+    let launch = crate::dist::plan(&args.into())?;
+    let layout = launch.layout(args.batch_size, args.workers);
+    if layout.world_size > 1 {
+        config.check_batch(layout.batch_size * layout.world_size, layout.batch_size)?;
+    }
+    Ok((config, launch))
+}
+
+/// Runs `mhcl pretrain`; see the module docs.
+///
+/// Data parallel (see [`crate::dist`]): with `--dist-backend local
+/// --multiprocessing-distributed` the ranks run as threads of this call, which returns rank
+/// 0's outcome; with `--dist-backend tcp`/`nccl` and `--world-size`/`--rank` (or `env://`)
+/// this process is one rank. `--multiprocessing-distributed` with a process backend starts
+/// worker processes of the `mhcl` command and is done by [`crate::cli::run`].
+pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
+    let (_, launch) = prepare(args)?;
+    match launch {
+        Launch::Single => pretrain_rank(args, &RankCtx::single(args.batch_size, args.workers)),
+        Launch::Threads { layouts } => {
+            crate::dist::run_threads(&layouts, |ctx| pretrain_rank(args, ctx))
+        }
+        Launch::Join {
+            backend,
+            config,
+            layout,
+        } => crate::dist::join(backend, &config, layout, |ctx| pretrain_rank(args, ctx)),
+        Launch::Spawn { .. } => Err(MhclError::arg(
+            "--multiprocessing-distributed with --dist-backend tcp or nccl starts worker \
+             processes of the `mhcl` command: run it as `mhcl pretrain` (mhcl::cli::run)",
+        )),
+    }
+}
+
+/// Builds the model from `seed` and the optimizer (one rank at a time, see
+/// [`crate::dist`]: ranks that are threads share the device's generator).
+fn build_state<'a>(
+    args: &'a PretrainArgs,
+    config: &MhclConfig,
+    device: &Device,
+    seed: u64,
+    ctx: &RankCtx,
+) -> Result<RunState<'a>> {
+    let _init = crate::dist::init_lock();
+    device.seed(seed);
+    Ok(RunState {
+        args,
+        seed,
+        model: Mhcl::new(config.clone(), device)?,
+        sgd: SgdConfig::new()
+            .with_momentum(args.momentum)
+            .with_weight_decay(args.weight_decay)
+            .init()?,
+        step: 0,
+        layout: (ctx.world_size(), ctx.batch_size()),
+    })
+}
+
+/// One rank of `mhcl pretrain` (the whole run for a single process).
+fn pretrain_rank(args: &PretrainArgs, ctx: &RankCtx) -> Result<PretrainOutcome> {
+    let main = ctx.is_main();
+    let world = ctx.world_size();
+    let config = model_config(args)?;
     let train_set = Arc::new(data::open_split(&args.data, "train")?);
-    if train_set.len() < args.batch_size {
+    if train_set.len() < ctx.global_batch_size() {
         return Err(MhclError::arg(format!(
             "batch size {} is larger than the dataset ({} images in {}); use a smaller -b",
-            args.batch_size,
+            ctx.global_batch_size(),
             train_set.len(),
             args.data.join("train").display()
         )));
     }
-    let knn_sets = if args.knn_every > 0 {
+    let knn_sets = if args.knn_every > 0 && main {
         Some(Arc::new(data::open_split(&args.data, "val")?))
     } else {
         None
     };
-    let device = crate::device::parse_device(&args.device, args.gpu)?;
-    data::ensure_writable_dir(&args.output_dir)?;
+    // data parallel: rank i uses GPU i of its node, as the reference
+    let device = crate::device::parse_device(&args.device, ctx.device_index().or(args.gpu))?;
     let metrics_path = args
         .metrics_out
         .clone()
         .unwrap_or_else(|| args.output_dir.join("metrics.json"));
-    if let Some(parent) = metrics_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        data::ensure_writable_dir(parent)?;
+    if main {
+        data::ensure_writable_dir(&args.output_dir)?;
+        if let Some(parent) = metrics_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            data::ensure_writable_dir(parent)?;
+        }
     }
 
     // Resume: read everything before building anything expensive.
@@ -379,18 +454,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
         (None, Some(s)) => s,
         (None, None) => rand::random::<u64>() >> 11,
     };
+    // every rank trains with rank 0's seed (the same data order, augmentations and draws)
+    let seed = ctx.broadcast_seed(seed)?;
 
-    device.seed(seed);
-    let mut state = RunState {
-        args,
-        seed,
-        model: Mhcl::new(config.clone(), &device)?,
-        sgd: SgdConfig::new()
-            .with_momentum(args.momentum)
-            .with_weight_decay(args.weight_decay)
-            .init()?,
-        step: 0,
-    };
+    let mut state = build_state(args, &config, &device, seed, ctx)?;
     let (mut start_epoch, mut skip_iters) = (args.start_epoch, 0usize);
     if let Some((path, ckpt)) = &resume {
         state
@@ -400,48 +467,90 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
         start_epoch = ckpt.meta.epoch;
         skip_iters = ckpt.meta.iteration;
         state.step = ckpt.meta.rng.step;
-        if args.seed.is_some_and(|s| s != seed) {
+        let written = (
+            ckpt.meta.extra["world_size"].as_u64().unwrap_or(1) as usize,
+            ckpt.meta.extra["batch_per_rank"]
+                .as_u64()
+                .map_or(args.batch_size, |b| b as usize),
+        );
+        if skip_iters > 0 && written != state.layout {
+            return Err(MhclError::checkpoint(
+                path,
+                format!(
+                    "was written in mid-epoch by {} rank(s) x batch {}; resume it with the same \
+                     layout (this run: {} x {}), or resume from an epoch checkpoint",
+                    written.0, written.1, state.layout.0, state.layout.1
+                ),
+            ));
+        }
+        if main && args.seed.is_some_and(|s| s != seed) {
             println!("=> --seed ignored: resuming with the checkpoint's seed {seed}");
         }
-        println!(
-            "=> loaded checkpoint '{}' (epoch {}, iteration {})",
-            path.display(),
-            start_epoch,
-            skip_iters
-        );
+        if main {
+            println!(
+                "=> loaded checkpoint '{}' (epoch {}, iteration {})",
+                path.display(),
+                start_epoch,
+                skip_iters
+            );
+        }
+    }
+    if ctx.group().is_some() {
+        // identical start on every rank: rank 0's weights, queue and optimizer state
+        let tensors = ctx.broadcast_tensors(state.model.state(&state.sgd)?)?;
+        if !main {
+            state.model.load_state(&tensors, &mut state.sgd)?;
+        }
     }
 
-    let workers = data::effective_workers(args.workers);
+    let workers = data::effective_workers(ctx.layout().workers);
     let loader = data::loader(
         Arc::clone(&train_set),
         transform(args)?,
         LoaderConfig::default()
-            .with_batch_size(args.batch_size)
+            .with_batch_size(ctx.batch_size())
             .with_workers(workers)
             .with_seed(seed)
             .with_shuffle(true)
             .with_drop_last(true)
+            .with_rank(ctx.rank(), world)
             .with_prefetch(2),
     )?;
     let iters = loader.len();
     let schedule = LrSchedule::from_flags(args.lr, args.cos, args.epochs, &args.schedule);
-    println!(
-        "=> {} {} on {} ({} images, {} iterations/epoch, batch {}, seed {seed}, {workers} loader threads)",
-        if args.mhcl { "MHCL" } else { "MoCo v2" },
-        args.arch,
-        args.device,
-        train_set.len(),
-        iters,
-        args.batch_size
-    );
+    if main {
+        let ranks = if world > 1 {
+            format!(
+                " = {world} ranks ({}) x {}",
+                ctx.group().map_or("", |g| g.backend()),
+                ctx.batch_size()
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "=> {} {} on {} ({} images, {} iterations/epoch, batch {}{ranks}, seed {seed}, {workers} loader threads{})",
+            if args.mhcl { "MHCL" } else { "MoCo v2" },
+            args.arch,
+            args.device,
+            train_set.len(),
+            iters,
+            ctx.global_batch_size(),
+            if world > 1 { " per rank" } else { "" }
+        );
+    }
 
     install_interrupt_handler();
-    let mut metrics = load_metrics(&metrics_path, start_epoch);
+    let mut metrics = if main {
+        load_metrics(&metrics_path, start_epoch)
+    } else {
+        Vec::new()
+    };
     let mut last_checkpoint = None;
     let t_run = Instant::now();
     let train_device = state.model.device().clone();
     let plain_device = train_device.clone().inner();
-    let show_bar = !args.no_progress && std::io::stderr().is_terminal();
+    let show_bar = main && !args.no_progress && std::io::stderr().is_terminal();
 
     for epoch in start_epoch..args.epochs {
         let lr = schedule.lr(epoch);
@@ -478,17 +587,21 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
             b.set_position(start_it as u64);
         }
         for it in start_it..iters {
-            if interrupted() || INTERRUPT_AT_STEP.load(Ordering::SeqCst) == state.step {
+            let stop_here = interrupted() || INTERRUPT_AT_STEP.load(Ordering::SeqCst) == state.step;
+            // all ranks stop at the same step, whichever saw the request
+            if ctx.any(stop_here)? {
                 INTERRUPT_AT_STEP.store(u64::MAX, Ordering::SeqCst);
                 drop(epoch_iter);
                 let path = args.output_dir.join(INTERRUPTED_CHECKPOINT);
-                state.save(&path, epoch, it)?;
+                if main {
+                    state.save(&path, epoch, it)?;
+                }
                 if let Some(b) = &out.bar {
                     b.abandon();
                 }
                 clear_interrupt();
                 return Err(MhclError::Interrupted {
-                    checkpoint: Some(path),
+                    checkpoint: main.then_some(path),
                 });
             }
             let Some(batch) = epoch_iter.next() else {
@@ -500,11 +613,12 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
             let im_q = data::view_tensor(&mut batch, 0, &train_device);
             let im_k = data::view_tensor(&mut batch, 1, &train_device);
             let mut rng = step_rng(seed, state.step);
-            let stats = state
-                .model
-                .train_step(im_q, im_k, lr, &mut state.sgd, &mut rng, None)?;
+            let stats =
+                state
+                    .model
+                    .train_step(im_q, im_k, lr, &mut state.sgd, &mut rng, ctx.group())?;
             state.step += 1;
-            n_images += n;
+            n_images += n * world;
             top1.update(f64::from(stats.acc1), n as f64);
             top5.update(f64::from(stats.acc5), n as f64);
             let weighted = stats.loss.clone().mul_scalar(n as f64);
@@ -514,7 +628,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
             });
             batch_time.update(t_last.elapsed().as_secs_f64(), 1.0);
             t_last = Instant::now();
-            let print = args.print_freq > 0 && it % args.print_freq == 0;
+            let print = main && args.print_freq > 0 && it % args.print_freq == 0;
             if print {
                 let loss = read_scalar(stats.loss)?;
                 if !loss.is_finite() {
@@ -554,10 +668,20 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
             b.finish_and_clear();
         }
         let seconds = t_epoch.elapsed().as_secs_f64();
-        let loss = match loss_sum {
-            Some(s) => read_scalar(s)? / top1.count.max(1.0),
-            None => f64::NAN,
-        };
+        // epoch means over every rank's images (the progress lines are rank 0's, as the
+        // reference prints them)
+        let mut sums = [
+            match loss_sum {
+                Some(s) => read_scalar(s)?,
+                None => f64::NAN,
+            },
+            top1.sum,
+            top5.sum,
+            top1.count,
+        ];
+        ctx.sum(&mut sums)?;
+        let count = sums[3].max(1.0);
+        let loss = sums[0] / count;
         if n_images > 0 && !loss.is_finite() {
             return Err(MhclError::NonFinite {
                 value: loss as f32,
@@ -565,12 +689,15 @@ pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
                 iter: iters,
             });
         }
+        if !main {
+            continue;
+        }
         let mut record = EpochMetrics {
             epoch,
             lr,
             loss,
-            acc1: top1.avg(),
-            acc5: top5.avg(),
+            acc1: sums[1] / count,
+            acc5: sums[2] / count,
             images_per_s: n_images as f64 / seconds.max(1e-9),
             seconds,
             wall_time: t_run.elapsed().as_secs_f64(),

@@ -25,6 +25,7 @@
 //! graph and the gradient flows on into it.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::cpu;
 use crate::error::{LossError, Result};
@@ -89,6 +90,12 @@ pub(crate) fn validate_shapes(
             "k {:?} must have the shape of q {:?}",
             k.dims(),
             q.dims()
+        )));
+    }
+    let (dq, dk, dqueue) = (q.device(), k.device(), queue.device());
+    if dq != dk || dq != dqueue {
+        return Err(LossError::Config(format!(
+            "q, k and queue must be on one device, got {dq:?}, {dk:?}, {dqueue:?}"
         )));
     }
     let [sq, cq, kq] = queue.dims();
@@ -327,7 +334,11 @@ pub(crate) fn contrastive(args: CoreArgs<'_>) -> Result<ContrastiveOutput> {
         }),
         want_grad,
     };
-    let rows = if kernel == Kernel::Auto && dev == Device::flex() {
+    let fused = kernel == Kernel::Auto
+        && dev == Device::flex()
+        && qs.dtype() == DType::F32
+        && queue.dtype() == DType::F32;
+    let rows = if fused {
         cpu::rows_fused(row_args)?
     } else {
         rows_with_tensors(row_args)?

@@ -252,6 +252,9 @@ impl HardFeatureLoss {
     /// Returns the weighted total (shape `[1]`), the per-scale losses, the keys to enqueue
     /// (`(N, S_total, C)`: `k` then `kh`) and acc@1/acc@5 of plain scale `S - 1`.
     ///
+    /// When `q` is tracked by autodiff, its gradient is computed during this call (see the crate
+    /// docs) and `loss.backward()` only carries it on into the graph that produced `q`.
+    ///
     /// # Errors
     /// [`LossError::Shape`] for shapes that do not fit, [`LossError::Mixing`] for mixing values
     /// that do not fit, [`LossError::Config`] for weights of the wrong length,

@@ -17,6 +17,8 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{DType, Slice};
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::error::{ModelsError, Result};
@@ -132,6 +134,90 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device
         .init(d)
 }
 
+/// Largest number of output positions per image for which [`conv_forward`] uses the matrix
+/// product (layer4 at small input sizes).
+const GEMM_CONV_MAX_POSITIONS: usize = 4;
+
+/// Largest number of output positions per image for which [`conv_forward`] computes a strided
+/// 1x1 convolution (a projection shortcut) as a matrix product.
+const GEMM_CONV_MAX_POSITIONS_1X1: usize = 64;
+
+/// `conv.forward(x)`, computed as one matrix product over the whole batch where that is much
+/// faster than the backend's convolution: on the Flex CPU device, for f32 convolutions without
+/// bias, groups or dilation whose output has at most [`GEMM_CONV_MAX_POSITIONS`] positions per
+/// image (layer4 at small input sizes: the backend then runs its matrix kernels image by image
+/// on a few rows each) and for strided 1x1 convolutions (projection shortcuts) with at most
+/// [`GEMM_CONV_MAX_POSITIONS_1X1`]. Measured on 2 cores at batch 32: layer4's 3x3 convolution
+/// at 2x2 takes 13 ms forward and 28 ms backward instead of 30 and 73; a shortcut's backward
+/// 1.5 ms instead of 8.
+///
+/// The product is `cols (N*Ho*Wo, C*kh*kw) @ weight (O, C*kh*kw)^T`, where `cols` holds the
+/// input patches (zero padded) in the weight's `(C, kh, kw)` order; it is built from strided
+/// slices of the input, so the gradients come from the same tensor operations. The values are
+/// the convolution's up to float rounding (sums in another order, about 1e-6 relative).
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let [kh, kw] = conv.kernel_size;
+    let [sh, sw] = conv.stride;
+    let (top, left, bottom, right) = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let plain = conv.groups == 1
+        && conv.dilation == [1, 1]
+        && conv.bias.is_none()
+        && hp >= kh
+        && wp >= kw
+        && sh > 0
+        && sw > 0;
+    if !plain || x.dtype() != DType::F32 || x.device().inner() != Device::flex() {
+        return conv.forward(x);
+    }
+    let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+    let positions = ho * wo;
+    let pointwise_strided = kh == 1 && kw == 1 && (sh > 1 || sw > 1);
+    let small = positions <= GEMM_CONV_MAX_POSITIONS
+        || (pointwise_strided && positions <= GEMM_CONV_MAX_POSITIONS_1X1);
+    if !small {
+        return conv.forward(x);
+    }
+    let weight = conv.weight.val();
+    let o = weight.dims()[0];
+    let xp = if top + bottom + left + right > 0 {
+        x.pad([(top, bottom), (left, right)], PadMode::Constant(0.0))
+    } else {
+        x
+    };
+    let all = Slice::with_step(0, None, 1);
+    let window = |start: usize, len: usize, step: usize| {
+        Slice::with_step(
+            start as isize,
+            Some((start + step * (len - 1) + 1) as isize),
+            step as isize,
+        )
+    };
+    let mut patches = Vec::with_capacity(kh * kw);
+    for i in 0..kh {
+        for j in 0..kw {
+            patches.push(
+                xp.clone()
+                    .slice([all, all, window(i, ho, sh), window(j, wo, sw)]),
+            );
+        }
+    }
+    // (N, C, kh*kw, Ho, Wo) -> rows (n, ho, wo), columns (c, i, j) as in the weight.
+    let cols: Tensor<5> = Tensor::stack(patches, 2);
+    let cols = cols
+        .permute([0, 3, 4, 1, 2])
+        .reshape([n * positions, c * kh * kw]);
+    let weight = weight.reshape([o, c * kh * kw]).transpose();
+    cols.matmul(weight)
+        .reshape([n, ho, wo, o])
+        .permute([0, 3, 1, 2])
+}
+
 fn bn(c: usize, d: &Device) -> BatchNorm2d {
     BatchNorm2dConfig::new(c).init(d)
 }
@@ -196,11 +282,11 @@ impl BasicBlock {
     /// Forward pass.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some((c, b)) => b.forward(c.forward(x.clone())),
+            Some((c, b)) => b.forward(conv_forward(c, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        let out = self.bn2.forward(conv_forward(&self.conv2, out));
         relu(out.add(identity))
     }
 }
@@ -258,12 +344,12 @@ impl Bottleneck {
     /// Forward pass.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some((c, b)) => b.forward(c.forward(x.clone())),
+            Some((c, b)) => b.forward(conv_forward(c, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
-        let out = self.bn3.forward(self.conv3.forward(out));
+        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        let out = relu(self.bn2.forward(conv_forward(&self.conv2, out)));
+        let out = self.bn3.forward(conv_forward(&self.conv3, out));
         relu(out.add(identity))
     }
 }

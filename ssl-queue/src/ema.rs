@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::error::{QueueError, Result};
 
@@ -43,6 +44,34 @@ pub fn ema_update_skipping<M: Module>(
     m: f64,
     skip_suffixes: &[&str],
 ) -> Result<M> {
+    let src = prepare(&target, source, m, skip_suffixes)?;
+    Ok(apply(target, src, m, skip_suffixes))
+}
+
+/// [`ema_update`] that hands `target` back unchanged, together with the error, when the update
+/// cannot be done: a caller that owns the target keeps it without holding a copy of it during
+/// the update (a copy would share every tensor and make the in-place update copy them all).
+///
+/// # Errors
+/// As [`ema_update`], boxed with the untouched target.
+pub fn try_ema_update<M: Module>(
+    target: M,
+    source: &M,
+    m: f64,
+) -> std::result::Result<M, Box<(M, QueueError)>> {
+    match prepare(&target, source, m, &BUFFER_SUFFIXES) {
+        Ok(src) => Ok(apply(target, src, m, &BUFFER_SUFFIXES)),
+        Err(e) => Err(Box::new((target, e))),
+    }
+}
+
+/// Source tensors by path, after checking `m` and that the two modules match.
+fn prepare<M: Module>(
+    target: &M,
+    source: &M,
+    m: f64,
+    skip_suffixes: &[&str],
+) -> Result<HashMap<String, (Vec<usize>, Tensor<1>)>> {
     if !(0.0..=1.0).contains(&m) {
         return Err(QueueError::Momentum(m));
     }
@@ -79,15 +108,53 @@ pub fn ema_update_skipping<M: Module>(
     if !problems.is_empty() {
         return Err(QueueError::ModuleMismatch(problems.join("; ")));
     }
+    Ok(src.tensors)
+}
 
+fn apply<M: Module>(
+    target: M,
+    source: HashMap<String, (Vec<usize>, Tensor<1>)>,
+    m: f64,
+    skip_suffixes: &[&str],
+) -> M {
     let mut mapper = Ema {
         path: Vec::new(),
         skip: skip_suffixes,
-        source: src.tensors,
+        source,
         m: m as f32,
         one_minus_m: (1.0 - m) as f32,
     };
-    Ok(target.map(&mut mapper))
+    target.map(&mut mapper)
+}
+
+/// `k * m + q * (1 - m)` for f32 tensors on the Flex CPU device (`k`, `q` on the plain device)
+/// with two passes instead of three: `q * (1 - m)` is one tensor operation (its result, unlike
+/// `q`, which belongs to the other module, can be read without a copy), then one pass updates
+/// the target's values in place (taken out of their tensor without a copy when nothing else
+/// holds them). The arithmetic is the tensor form's, element by element.
+fn ema_host(k: Tensor<1>, q: Tensor<1>, m: f32, one_minus_m: f32) -> Tensor<1> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+
+    let device = k.device();
+    let mut k_data = k.into_data();
+    let q_data = q.mul_scalar(one_minus_m).into_data();
+    let (Ok(ks), Ok(qs)) = (k_data.as_mut_slice::<f32>(), q_data.as_slice::<f32>()) else {
+        unreachable!("both tensors were checked to hold f32 values");
+    };
+    let kernel = |ks: &mut [f32], qs: &[f32]| {
+        for (k, &q) in ks.iter_mut().zip(qs) {
+            *k = *k * m + q;
+        }
+    };
+    if ks.len() <= CHUNK {
+        kernel(ks, qs);
+    } else {
+        ks.par_chunks_mut(CHUNK)
+            .zip(qs.par_chunks(CHUNK))
+            .for_each(|(k, q)| kernel(k, q));
+    }
+    Tensor::from_data(k_data, &device)
 }
 
 fn is_skipped(path: &str, skip: &[&str]) -> bool {
@@ -183,8 +250,24 @@ impl ModuleMapper for Ema<'_> {
             } else {
                 src.to_device(&device)
             };
-            let src: Tensor<D> = src.reshape(k.shape());
             let require_grad = k.is_require_grad();
+            let host = src.dtype() == DType::F32
+                && k.dtype() == DType::F32
+                && src.device().inner() == Device::flex()
+                && k.device().inner() == Device::flex();
+            if host {
+                let shape = k.shape();
+                let autodiff = k.is_autodiff();
+                let flat = ema_host(k.inner().reshape([-1]), src.inner(), m, one_minus_m);
+                let out: Tensor<D> = flat.reshape(shape);
+                let out = if autodiff {
+                    Tensor::from_inner(out)
+                } else {
+                    out
+                };
+                return out.set_require_grad(require_grad);
+            }
+            let src: Tensor<D> = src.reshape(k.shape());
             k.detach()
                 .mul_scalar(m)
                 .add(src.mul_scalar(one_minus_m))

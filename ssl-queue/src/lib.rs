@@ -33,7 +33,7 @@ mod ema;
 mod error;
 mod queue;
 
-pub use crate::ema::{BUFFER_SUFFIXES, ema_update, ema_update_skipping};
+pub use crate::ema::{BUFFER_SUFFIXES, ema_update, ema_update_skipping, try_ema_update};
 pub use crate::error::{QueueError, Result};
 pub use crate::queue::MomentumQueue;
 

@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use proptest::prelude::*;
-use ssl_queue::{MomentumQueue, QueueError, ema_update, ema_update_skipping};
+use ssl_queue::{MomentumQueue, QueueError, ema_update, ema_update_skipping, try_ema_update};
 
 fn dev() -> Device {
     Device::flex()
@@ -233,6 +233,38 @@ fn ema_can_skip_more_paths() {
     .unwrap();
     assert_eq!(values(out.fc.weight.val()), fc_before);
     assert_eq!(values(out.conv.weight.val()), conv_src);
+}
+
+#[test]
+fn try_ema_update_is_the_same_average_and_hands_the_target_back_on_error() {
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let src = Net::new(&device);
+        let tgt = Net::new(&device).no_grad();
+        let (p_src, _) = src.snapshot();
+        let (p_tgt, b_tgt) = tgt.snapshot();
+        let m = 0.99f64;
+        let (mf, omm) = (m as f32, (1.0 - m) as f32);
+        let want: Vec<f32> = p_tgt
+            .iter()
+            .zip(&p_src)
+            .map(|(k, q)| k * mf + q * omm)
+            .collect();
+        let out = try_ema_update(tgt, &src, m).unwrap_or_else(|e| panic!("{}", e.1));
+        let (p_out, b_out) = out.snapshot();
+        assert_eq!(p_out, want, "the same f32 arithmetic as the tensor form");
+        assert_eq!(b_out, b_tgt, "buffers untouched");
+        assert!(!out.conv.weight.val().is_require_grad());
+        assert_eq!(out.conv.weight.val().is_autodiff(), device.is_autodiff());
+
+        let failed = try_ema_update(out, &src, 1.5).map(|_| ()).unwrap_err();
+        let (back, err) = *failed;
+        assert!(matches!(err, QueueError::Momentum(_)));
+        assert_eq!(
+            back.snapshot(),
+            (p_out, b_out),
+            "the target comes back unchanged"
+        );
+    }
 }
 
 #[test]
