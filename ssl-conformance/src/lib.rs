@@ -65,7 +65,11 @@ impl ConformanceSet {
         let manifest: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", manifest_path.display()));
         let cases = manifest["cases"].as_object().map_or(0, |c| c.len());
-        assert!(cases > 0, "{}: manifest lists no cases", manifest_path.display());
+        assert!(
+            cases > 0,
+            "{}: manifest lists no cases",
+            manifest_path.display()
+        );
         Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -93,7 +97,9 @@ impl ConformanceSet {
             "conformance case `{name}` missing from {}",
             self.dir.join("manifest.json").display()
         );
-        let file = self.dir.join(entry["file"].as_str().expect("case without file"));
+        let file = self
+            .dir
+            .join(entry["file"].as_str().expect("case without file"));
         let bytes = std::fs::read(&file)
             .unwrap_or_else(|e| panic!("cannot read conformance file {}: {e}", file.display()));
         let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -187,7 +193,8 @@ impl Case {
     pub fn param_usize(&self, key: &str) -> usize {
         self.params()[key]
             .as_u64()
-            .unwrap_or_else(|| panic!("{}: param `{key}` is not an integer", self.name)) as usize
+            .unwrap_or_else(|| panic!("{}: param `{key}` is not an integer", self.name))
+            as usize
     }
 
     /// A numeric parameter as f64.
@@ -242,7 +249,11 @@ impl Case {
     /// Raw u8 values of a U8 tensor.
     pub fn u8(&self, name: &str) -> Vec<u8> {
         let t = self.tensor(name);
-        assert_eq!(t.dtype, "U8", "{}: `{name}` is {} not U8", self.name, t.dtype);
+        assert_eq!(
+            t.dtype, "U8",
+            "{}: `{name}` is {} not U8",
+            self.name, t.dtype
+        );
         t.bytes.clone()
     }
 
