@@ -71,20 +71,40 @@ fn opened(device: Device, kind: &str, spec: &str) -> Result<Device> {
     }
 }
 
-/// Runs `f`, returning `Err(panic message)` if it panics. The panic hook is silenced meanwhile
-/// (a backend that panics while opening a device prints nothing) and restored afterwards.
+/// Runs `f`, returning `Err(message)` if it panics. The panic hook is replaced meanwhile (a
+/// backend that panics while opening a device prints nothing) and restored afterwards. The
+/// message starts with what panicked first, on any thread: GPU runtimes often fail in a worker
+/// thread and the caller only sees a closed channel.
 pub fn catch_silent<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let record = seen.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = payload_message(info.payload());
+        if let Ok(mut v) = record.lock() {
+            v.push(msg);
+        }
+    }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(hook);
     result.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic without a message".to_string())
+        let last = payload_message(payload.as_ref());
+        let mut all = seen.lock().map(|v| v.clone()).unwrap_or_default();
+        if all.is_empty() {
+            all.push(last);
+        }
+        all.dedup();
+        all.join("; then: ")
     })
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic without a message".to_string())
 }
 
 /// Whitespace (newlines included) collapsed to single spaces, at most 300 characters.
@@ -189,6 +209,17 @@ mod tests {
         assert_eq!(catch_silent(|| 3).unwrap(), 3);
         let panicked: std::result::Result<(), String> = catch_silent(|| panic!("boom\nsecond"));
         assert_eq!(panicked.unwrap_err(), "boom\nsecond");
+        // A worker thread's panic comes first, before the caller's own.
+        let nested: std::result::Result<(), String> = catch_silent(|| {
+            std::thread::spawn(|| panic!("root cause"))
+                .join()
+                .expect("worker finished")
+        });
+        let msg = nested.unwrap_err();
+        assert!(
+            msg.starts_with("root cause; then: worker finished"),
+            "{msg}"
+        );
         let e = gpu_error("vulkan", "vulkan", "No adapter\n  found").to_string();
         let want = match find_library("libvulkan.so.1") {
             Some(_) => "no Vulkan GPU found",
