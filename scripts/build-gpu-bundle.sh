@@ -16,6 +16,8 @@
 #   GPU_TARGET_DIR   cargo target dir for the GPU-feature build (default target/gpu). Keep it apart
 #                    from the everyday target dir: toggling burn features there rebuilds burn.
 #   GPU_FEATURES     features of ssl-examples (default vulkan; cuda needs the LLVM bundle download)
+#   NCCL_TARGET_DIR  target dir for nccl_check (default target: it changes no burn feature, so
+#                    the everyday build of burn is reused there)
 #   REFERENCE_DIR    folder of bench_step.py / mhcl_ref.py (default ../shared/reference)
 #   NICE             command prefix for the builds (default "nice -n 19")
 #   SKIP_DEBS=1      do not download the .deb packages
@@ -25,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET=${GPU_TARGET_DIR:-target/gpu}
+NCCL_TARGET=${NCCL_TARGET_DIR:-target}
 FEATURES=${GPU_FEATURES:-vulkan}
 REF=${REFERENCE_DIR:-../shared/reference}
 read -r -a NICE_CMD <<<"${NICE:-nice -n 19}"
@@ -39,12 +42,13 @@ echo "== building (features: $FEATURES, target dir: $TARGET)"
 "${NICE_CMD[@]}" cargo build --release -p ssl-examples --features "$FEATURES" \
     --example gpu_conformance --example mhcl_bench_step --target-dir "$TARGET"
 "${NICE_CMD[@]}" cargo build --release -p ssl-distributed --features nccl \
-    --example nccl_check --target-dir "$TARGET"
+    --example nccl_check --target-dir "$NCCL_TARGET"
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
+cp "$TARGET/release/examples/gpu_conformance" "$TARGET/release/examples/mhcl_bench_step" \
+    "$NCCL_TARGET/release/examples/nccl_check" "$STAGE/"
 for b in gpu_conformance mhcl_bench_step nccl_check; do
-    cp "$TARGET/release/examples/$b" "$STAGE/$b"
     strip "$STAGE/$b" 2>/dev/null || true
 done
 rm -rf .gpu-bin

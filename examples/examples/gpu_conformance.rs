@@ -545,6 +545,42 @@ fn json_str(s: &str) -> String {
     out
 }
 
+type Row = (String, Outcome, f64);
+
+/// Writes the results so far as JSON; exits with status 1 when the file cannot be written.
+fn write_json(path: &Path, spec: &str, rows: &[Row]) {
+    let count = |st: Status| rows.iter().filter(|(_, o, _)| o.status == st).count();
+    let items: Vec<String> = rows
+        .iter()
+        .map(|(name, o, secs)| {
+            format!(
+                "{{\"case\": {}, \"status\": \"{}\", \"tensors\": {}, \"worst_ratio\": {}, \"worst_tensor\": {}, \"seconds\": {secs:.2}, \"detail\": {}}}",
+                json_str(name),
+                o.status.name(),
+                o.tensors,
+                if o.worst_ratio.is_finite() {
+                    format!("{:.4}", o.worst_ratio)
+                } else {
+                    "null".into()
+                },
+                json_str(&o.worst_tensor),
+                json_str(&one_line(&o.detail)),
+            )
+        })
+        .collect();
+    let text = format!(
+        "{{\"device\": {}, \"passed\": {}, \"failed\": {}, \"cases\": [\n  {}\n]}}\n",
+        json_str(spec),
+        count(Status::Pass),
+        count(Status::Fail),
+        items.join(",\n  ")
+    );
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("error: {}: {e}", path.display());
+        std::process::exit(1);
+    }
+}
+
 fn usage() -> ! {
     eprintln!("usage: gpu_conformance [--device SPEC] [--dir DIR] [--curve-steps N] [--json PATH]");
     std::process::exit(2);
@@ -622,7 +658,7 @@ fn main() {
             Box::new(move || bf16_curve_case(device, curve_steps)),
         ));
     }
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for (name, run) in &cases {
         let t = Instant::now();
         let outcome = catch_silent(run).unwrap_or_else(|e| Outcome::failed(format!("panic: {e}")));
@@ -646,6 +682,10 @@ fn main() {
             }
         );
         rows.push((name.to_string(), outcome, secs));
+        if let Some(path) = &json {
+            // Rewritten after every case: a run stopped by a timeout keeps what it did.
+            write_json(path, &spec, &rows);
+        }
     }
     let failed = rows
         .iter()
@@ -659,34 +699,8 @@ fn main() {
         "{passed} passed, {failed} failed, {} unsupported on --device {spec}",
         rows.len() - passed - failed
     );
-    if let Some(path) = json {
-        let items: Vec<String> = rows
-            .iter()
-            .map(|(name, o, secs)| {
-                format!(
-                    "{{\"case\": {}, \"status\": \"{}\", \"tensors\": {}, \"worst_ratio\": {}, \"worst_tensor\": {}, \"seconds\": {secs:.2}, \"detail\": {}}}",
-                    json_str(name),
-                    o.status.name(),
-                    o.tensors,
-                    if o.worst_ratio.is_finite() {
-                        format!("{:.4}", o.worst_ratio)
-                    } else {
-                        "null".into()
-                    },
-                    json_str(&o.worst_tensor),
-                    json_str(&one_line(&o.detail)),
-                )
-            })
-            .collect();
-        let text = format!(
-            "{{\"device\": {}, \"passed\": {passed}, \"failed\": {failed}, \"cases\": [\n  {}\n]}}\n",
-            json_str(&spec),
-            items.join(",\n  ")
-        );
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("error: {}: {e}", path.display());
-            std::process::exit(1);
-        }
+    if let Some(path) = &json {
+        write_json(path, &spec, &rows);
     }
     std::process::exit(i32::from(failed > 0));
 }
