@@ -659,6 +659,54 @@ mod tests {
     use crate::weights::{module_tensors, parameter_count};
 
     #[test]
+    fn conv_forward_matches_the_convolution_in_values_and_gradients() {
+        use burn::tensor::Distribution;
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        // (cin, cout, kernel, stride, pad, input size): layer4-like 3x3 convolutions, the
+        // strided one and a projection shortcut take the matrix product; the last one does not.
+        for (cin, cout, k, stride, pad, size) in [
+            (6, 5, 3, 1, 1, 2),
+            (4, 6, 3, 2, 1, 4),
+            (4, 6, 1, 2, 0, 8),
+            (3, 4, 3, 1, 1, 6),
+        ] {
+            let c = conv(cin, cout, k, stride, pad, &device);
+            let x = Tensor::<4>::random(
+                [3, cin, size, size],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+            .require_grad();
+            let y_ref = c.forward(x.clone());
+            let r = Tensor::<4>::random(y_ref.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let y = conv_forward(&c, x.clone());
+            assert_eq!(y.dims(), y_ref.dims());
+            let g_ref = y_ref.clone().mul(r.clone()).sum().backward();
+            let g = y.clone().mul(r).sum().backward();
+            let close = |a: Tensor<4>, b: Tensor<4>, what: &str| {
+                let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+                let d = a.sub(b).abs().max().into_scalar::<f32>();
+                assert!(
+                    d <= 1e-5 * scale,
+                    "{what} ({cin},{cout},{k},{stride},{pad},{size}): {d}"
+                );
+            };
+            close(y.inner(), y_ref.inner(), "output");
+            close(
+                x.grad(&g).expect("x grad"),
+                x.grad(&g_ref).expect("x grad"),
+                "input gradient",
+            );
+            close(
+                c.weight.val().grad(&g).expect("w grad"),
+                c.weight.val().grad(&g_ref).expect("w grad"),
+                "weight gradient",
+            );
+        }
+    }
+
+    #[test]
     fn arch_names_round_trip_and_unknown_lists_choices() {
         for a in Arch::ALL {
             assert_eq!(Arch::from_name(a.name()).unwrap(), a);
