@@ -604,6 +604,34 @@ fn decode_tensors(bytes: &[u8]) -> Result<TensorMap> {
     Ok(out)
 }
 
+impl Launch {
+    /// Runs `f` as every rank this process hosts, as the launch says: once without a group,
+    /// once per thread, or once as this process's rank of a process group. `Spawn` is done by
+    /// [`crate::cli::run`], which starts copies of the `mhcl` command; `command` names the
+    /// subcommand in that error.
+    pub fn run_ranks<R: Send>(
+        self,
+        batch_size: usize,
+        workers: usize,
+        command: &str,
+        f: impl Fn(&RankCtx) -> Result<R> + Sync,
+    ) -> Result<R> {
+        match self {
+            Launch::Single => f(&RankCtx::single(batch_size, workers)),
+            Launch::Threads { layouts } => run_threads(&layouts, f),
+            Launch::Join {
+                backend,
+                config,
+                layout,
+            } => join(backend, &config, layout, f),
+            Launch::Spawn { .. } => Err(MhclError::arg(format!(
+                "--multiprocessing-distributed with --dist-backend tcp or nccl starts worker \
+                 processes of the `mhcl` command: run it as `mhcl {command}` (mhcl::cli::run)"
+            ))),
+        }
+    }
+}
+
 /// Runs `f` on one thread per layout, each with its rank's [`RankCtx`] over a
 /// [`ssl_distributed::LocalGroup`], and returns rank 0's result.
 ///

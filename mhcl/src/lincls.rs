@@ -347,21 +347,9 @@ pub fn prepare(args: &LinclsArgs) -> Result<Launch> {
 /// features of its share of DATA/val (gathered, so every rank evaluates all of them); rank 0
 /// prints and writes the checkpoints and the summary. Returns rank 0's summary.
 pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
-    match prepare(args)? {
-        Launch::Single => run_rank(args, &RankCtx::single(args.batch_size, args.workers)),
-        Launch::Threads { layouts } => {
-            crate::dist::run_threads(&layouts, |ctx| run_rank(args, ctx))
-        }
-        Launch::Join {
-            backend,
-            config,
-            layout,
-        } => crate::dist::join(backend, &config, layout, |ctx| run_rank(args, ctx)),
-        Launch::Spawn { .. } => Err(MhclError::arg(
-            "--multiprocessing-distributed with --dist-backend tcp or nccl starts worker \
-             processes of the `mhcl` command: run it as `mhcl lincls` (mhcl::cli::run)",
-        )),
-    }
+    prepare(args)?.run_ranks(args.batch_size, args.workers, "lincls", |ctx| {
+        run_rank(args, ctx)
+    })
 }
 
 /// Pooled features of every sample of `loader`'s dataset in dataset order, and their labels.

@@ -351,21 +351,9 @@ pub fn prepare(args: &PretrainArgs) -> Result<(MhclConfig, Launch)> {
 /// worker processes of the `mhcl` command and is done by [`crate::cli::run`].
 pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
     let (_, launch) = prepare(args)?;
-    match launch {
-        Launch::Single => pretrain_rank(args, &RankCtx::single(args.batch_size, args.workers)),
-        Launch::Threads { layouts } => {
-            crate::dist::run_threads(&layouts, |ctx| pretrain_rank(args, ctx))
-        }
-        Launch::Join {
-            backend,
-            config,
-            layout,
-        } => crate::dist::join(backend, &config, layout, |ctx| pretrain_rank(args, ctx)),
-        Launch::Spawn { .. } => Err(MhclError::arg(
-            "--multiprocessing-distributed with --dist-backend tcp or nccl starts worker \
-             processes of the `mhcl` command: run it as `mhcl pretrain` (mhcl::cli::run)",
-        )),
-    }
+    launch.run_ranks(args.batch_size, args.workers, "pretrain", |ctx| {
+        pretrain_rank(args, ctx)
+    })
 }
 
 /// Builds the model from `seed` and the optimizer (one rank at a time, see
