@@ -93,10 +93,32 @@ pub struct PretrainArgs {
     /// this process.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub rank: i64,
+    /// Skip images that cannot be read or decoded (counted, named in the log and in the
+    /// metrics JSON) instead of stopping the run.
+    #[arg(long)]
+    #[serde(default)]
+    pub skip_corrupt: bool,
+    /// Decode every image before training starts: a bad file then stops the run (or, with
+    /// --skip-corrupt, is dropped) before the first step.
+    #[arg(long)]
+    #[serde(default)]
+    pub verify_images: bool,
     /// URL used to set up distributed training (tcp://HOST:PORT or env://); not used by
     /// --dist-backend local.
     #[arg(long, value_name = "URL", default_value = "tcp://224.66.41.62:23456")]
     pub dist_url: String,
+    /// Shared secret of the TCP rendezvous: every rank gives the same one, and a process
+    /// without it cannot join (HMAC-SHA256 challenge-response; the secret never crosses the
+    /// wire). Prefer the variable: command lines are visible to other users. Never stored in
+    /// checkpoints.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MHCL_DIST_TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip)]
+    pub dist_token: Option<String>,
     /// Distributed backend: nccl (GPUs, builds with the `nccl` feature), tcp (alias gloo:
     /// processes over TCP, CPU) or local (ranks as threads of this process, CPU).
     #[arg(long, value_name = "NAME", default_value = "nccl")]
@@ -247,10 +269,32 @@ pub struct LinclsArgs {
     /// this process.
     #[arg(long, value_name = "N", default_value_t = -1, allow_negative_numbers = true)]
     pub rank: i64,
+    /// Skip images that cannot be read or decoded (counted, named in the log and in the
+    /// metrics JSON) instead of stopping the run.
+    #[arg(long)]
+    #[serde(default)]
+    pub skip_corrupt: bool,
+    /// Decode every image before training starts: a bad file then stops the run (or, with
+    /// --skip-corrupt, is dropped) before the first step.
+    #[arg(long)]
+    #[serde(default)]
+    pub verify_images: bool,
     /// URL used to set up distributed training (tcp://HOST:PORT or env://); not used by
     /// --dist-backend local.
     #[arg(long, value_name = "URL", default_value = "tcp://224.66.41.62:23456")]
     pub dist_url: String,
+    /// Shared secret of the TCP rendezvous: every rank gives the same one, and a process
+    /// without it cannot join (HMAC-SHA256 challenge-response; the secret never crosses the
+    /// wire). Prefer the variable: command lines are visible to other users. Never stored in
+    /// checkpoints.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MHCL_DIST_TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip)]
+    pub dist_token: Option<String>,
     /// Distributed backend: nccl (GPUs, builds with the `nccl` feature), tcp (alias gloo:
     /// processes over TCP, CPU) or local (ranks as threads of this process, CPU).
     #[arg(long, value_name = "NAME", default_value = "nccl")]
@@ -394,6 +438,40 @@ fn run_split(args: &SplitArgs) -> Result<()> {
         r.train + r.val - r.linked
     );
     Ok(())
+}
+
+/// The whole `mhcl` command: parses `args` (including the program name), runs it and returns the
+/// exit status. Errors print as one line, `error: <message>`, with status 1 (2 for a command
+/// line clap cannot parse); an interrupted run names its checkpoint and returns 130.
+pub fn main_from<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match parse_from(args) {
+        Ok(cli) => cli,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return 2;
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(crate::MhclError::Interrupted { checkpoint }) => {
+            match checkpoint {
+                Some(p) => eprintln!(
+                    "interrupted: checkpoint saved to {0}; continue with --resume {0}",
+                    p.display()
+                ),
+                None => eprintln!("interrupted"),
+            }
+            130
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            1
+        }
+    }
 }
 
 /// Parses `args` (including the program name) and renders clap's own errors as one line.

@@ -12,8 +12,64 @@ fn augment<E: std::fmt::Display>(e: E) -> MhclError {
     MhclError::data(e.to_string())
 }
 
+/// What to do about images that cannot be read: `--verify-images`, `--skip-corrupt`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageChecks {
+    /// Decode every image when the folder is opened, before training starts.
+    pub verify: bool,
+    /// Drop unreadable images (counted and named) instead of stopping the run.
+    pub skip_corrupt: bool,
+}
+
+/// Opens `DATA/<split>` with `checks`, and prints the images a pre-scan dropped (with
+/// `--skip-corrupt --verify-images`), naming each.
+pub fn open_split_checked(
+    data: &Path,
+    split: &str,
+    checks: ImageChecks,
+    report: bool,
+) -> Result<ImageFolder> {
+    let options = ImageFolderOptions::default()
+        .with_verify(checks.verify)
+        .with_skip_corrupt(checks.skip_corrupt);
+    let folder = open_split_with(data, split, &options)?;
+    if report && !folder.skipped().is_empty() {
+        println!(
+            "=> skipped {} unreadable images in {} (--skip-corrupt): {}",
+            folder.skipped().len(),
+            data.join(split).display(),
+            folder
+                .skipped()
+                .iter()
+                .map(|(p, why)| format!("{} ({why})", p.display()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(folder)
+}
+
+/// Names of the images `folder`'s pre-scan dropped and `loader` skipped, each once.
+pub fn skipped_images(folder: &ImageFolder, loader: &Loader) -> Vec<String> {
+    let mut out: Vec<String> = folder
+        .skipped()
+        .iter()
+        .map(|(p, why)| format!("{}: {why}", p.display()))
+        .collect();
+    for e in loader.skipped_errors() {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    out
+}
+
 /// Opens `DATA/<split>` as an ImageFolder, with a message naming the expected layout.
 pub fn open_split(data: &Path, split: &str) -> Result<ImageFolder> {
+    open_split_with(data, split, &ImageFolderOptions::default())
+}
+
+fn open_split_with(data: &Path, split: &str, options: &ImageFolderOptions) -> Result<ImageFolder> {
     let root = data.join(split);
     if !root.is_dir() {
         return Err(MhclError::data(format!(
@@ -22,7 +78,7 @@ pub fn open_split(data: &Path, split: &str) -> Result<ImageFolder> {
             root.display()
         )));
     }
-    ImageFolder::new(&root, &ImageFolderOptions::default()).map_err(augment)
+    ImageFolder::new(&root, options).map_err(augment)
 }
 
 /// The loader threads actually used: `-j`, at most the number of CPU cores (threads, unlike

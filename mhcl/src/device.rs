@@ -114,13 +114,16 @@ pub fn one_line(text: &str) -> String {
     s
 }
 
-/// Opens `device` and runs a one-element computation on it: a tensor `[1.0]` is created, `1` is
-/// added and the result is read back. `Err` holds what the backend reported (its panic message
-/// or a wrong result).
+/// Opens `device` and runs a one-element computation on it: a tensor `[0.0]` is created, its
+/// `exp` taken, `1` added and the result read back. `exp` is there because GPU compilers link a
+/// math library for it (CUDA's `libdevice.10.bc` on burn's LLVM path): a missing one is then
+/// reported here, not at the first loss of a run. `Err` holds what the backend reported (its
+/// panic message or a wrong result).
 pub fn probe(device: &Device) -> std::result::Result<(), String> {
     let device = device.clone().inner();
     let got = catch_silent(|| {
-        Tensor::<1>::from_floats([1.0], &device)
+        Tensor::<1>::from_floats([0.0], &device)
+            .exp()
             .add_scalar(1.0)
             .into_data()
             .try_into_vec_as::<f32>()
@@ -164,6 +167,12 @@ pub fn gpu_error(kind: &str, spec: &str, detail: &str) -> MhclError {
         || lower.contains("dynamically load")
         || lower.contains("loader")
         || (kind == "vulkan" && find_library("libvulkan.so.1").is_none());
+    if lower.contains("libdevice") {
+        return MhclError::arg(format!(
+            "CUDA math library not found (libdevice.10.bc; set CUDA_PATH to a CUDA toolkit that \
+             has nvvm/libdevice/libdevice.10.bc, default /usr/local/cuda): --device {spec}: {detail}"
+        ));
+    }
     let msg = match (kind, library) {
         ("cuda", true) => format!(
             "CUDA driver library not found (libcuda.so.1; install the NVIDIA driver or put its \
@@ -237,5 +246,18 @@ mod tests {
             "{e}"
         );
         assert!(one_line(&"x ".repeat(400)).ends_with("..."));
+    }
+
+    #[test]
+    fn missing_libdevice_is_named_with_the_variable_that_fixes_it() {
+        let e = gpu_error(
+            "cuda",
+            "cuda",
+            "libdevice.10.bc was not found: the kernel calls a math function NVPTX has no\n \
+             instruction for. Set CUDA_PATH to a toolkit containing nvvm/libdevice/libdevice.10.bc.",
+        )
+        .to_string();
+        assert!(e.starts_with("CUDA math library not found"), "{e}");
+        assert!(e.contains("CUDA_PATH") && !e.contains('\n'), "{e}");
     }
 }

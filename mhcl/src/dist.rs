@@ -25,8 +25,8 @@
 use std::sync::Mutex;
 
 use ssl_distributed::{
-    DEFAULT_TIMEOUT, DistBackend, DistUrl, ENV_LOCAL_WORLD_SIZE, ENV_WORLD_SIZE, ProcessGroup,
-    ReduceOp, RendezvousConfig, SpawnConfig, WorkerLayout,
+    DEFAULT_TIMEOUT, DistBackend, DistToken, DistUrl, ENV_LOCAL_WORLD_SIZE, ENV_WORLD_SIZE,
+    ProcessGroup, ReduceOp, RendezvousConfig, SpawnConfig, WorkerLayout,
 };
 use ssl_models::weights::{RawData, RawTensor, TensorMap};
 
@@ -50,6 +50,8 @@ pub struct DistFlags {
     pub rank: i64,
     /// `--dist-url`.
     pub dist_url: String,
+    /// `--dist-token` / `MHCL_DIST_TOKEN`.
+    pub dist_token: Option<String>,
     /// `--dist-backend`.
     pub dist_backend: String,
     /// `--multiprocessing-distributed`.
@@ -68,6 +70,7 @@ impl From<&PretrainArgs> for DistFlags {
             world_size: a.world_size,
             rank: a.rank,
             dist_url: a.dist_url.clone(),
+            dist_token: a.dist_token.clone(),
             dist_backend: a.dist_backend.clone(),
             multiprocessing_distributed: a.multiprocessing_distributed,
             nproc_per_node: a.nproc_per_node,
@@ -83,6 +86,7 @@ impl From<&LinclsArgs> for DistFlags {
             world_size: a.world_size,
             rank: a.rank,
             dist_url: a.dist_url.clone(),
+            dist_token: a.dist_token.clone(),
             dist_backend: a.dist_backend.clone(),
             multiprocessing_distributed: a.multiprocessing_distributed,
             nproc_per_node: a.nproc_per_node,
@@ -178,7 +182,8 @@ pub fn plan_with(
         let layout = worker_layout(flags, node, nodes, nproc, local)?;
         let config = RendezvousConfig::new(flags.dist_url.clone())
             .with_rank(layout.rank)
-            .with_world_size(layout.world_size);
+            .with_world_size(layout.world_size)
+            .with_token(token(flags)?);
         return Ok(Launch::Join {
             backend,
             config,
@@ -254,7 +259,9 @@ pub fn plan_with(
         )));
     }
     check_available(backend)?;
-    let mut config = RendezvousConfig::new(flags.dist_url.clone()).with_world_size(world);
+    let mut config = RendezvousConfig::new(flags.dist_url.clone())
+        .with_world_size(world)
+        .with_token(token(flags)?);
     if let Some(r) = rank {
         config = config.with_rank(r);
     }
@@ -671,6 +678,35 @@ pub fn run_threads<R: Send>(
     }
 }
 
+/// The rendezvous token of the flags, checked.
+fn token(flags: &DistFlags) -> Result<Option<DistToken>> {
+    flags
+        .dist_token
+        .clone()
+        .map(DistToken::new)
+        .transpose()
+        .map_err(|e| MhclError::arg(format!("--dist-token / MHCL_DIST_TOKEN: {e}")))
+}
+
+/// Whether rank 0 of `config` will listen on every interface without a token: the command
+/// says so once (anyone who reaches the port could join, as with PyTorch's TCPStore).
+pub fn warn_if_open(config: &RendezvousConfig, rank: usize) {
+    if rank != 0 || config.token.is_some() {
+        return;
+    }
+    if let Ok(rdv) = config.resolve()
+        && rdv.world_size > 1
+        && rdv.listens_publicly()
+    {
+        eprintln!(
+            "warning: rank 0 listens on every interface at port {} without a rendezvous token; \
+             any process that reaches it can join. Set MHCL_DIST_TOKEN (or --dist-token) on \
+             every rank to require a shared secret.",
+            rdv.port
+        );
+    }
+}
+
 /// Joins the process group of a [`Launch::Join`] and runs `f` as this process's rank; errors
 /// are returned as `rank R: <message>`.
 pub fn join<R>(
@@ -680,6 +716,7 @@ pub fn join<R>(
     f: impl FnOnce(&RankCtx) -> Result<R>,
 ) -> Result<R> {
     let rank = layout.rank;
+    warn_if_open(config, rank);
     let group =
         ssl_distributed::init_process_group(backend, config, layout.local_rank).map_err(|e| {
             MhclError::Distributed(format!(
@@ -720,6 +757,7 @@ mod tests {
             world_size: -1,
             rank: -1,
             dist_url: "tcp://224.66.41.62:23456".into(),
+            dist_token: None,
             dist_backend: "nccl".into(),
             multiprocessing_distributed: false,
             nproc_per_node: None,

@@ -106,6 +106,10 @@ pub struct LinclsSummary {
     pub val_images: usize,
     /// Seconds of the whole run.
     pub seconds: f64,
+    /// Images dropped with `--skip-corrupt` (by the pre-scan or when loaded), each
+    /// `path: reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_images: Vec<String>,
 }
 
 /// Accuracy of logits against labels: `(acc1, acc5, per-class correct, confusion)`.
@@ -417,8 +421,12 @@ fn run_rank(args: &LinclsArgs, ctx: &RankCtx) -> Result<LinclsSummary> {
     let t_run = Instant::now();
     let main = ctx.is_main();
     let arch = Arch::from_name(&args.arch).map_err(|e| MhclError::arg(e.to_string()))?;
-    let train_set = Arc::new(data::open_split(&args.data, "train")?);
-    let val_set = Arc::new(data::open_split(&args.data, "val")?);
+    let checks = data::ImageChecks {
+        verify: args.verify_images,
+        skip_corrupt: args.skip_corrupt,
+    };
+    let train_set = Arc::new(data::open_split_checked(&args.data, "train", checks, main)?);
+    let val_set = Arc::new(data::open_split_checked(&args.data, "val", checks, main)?);
     if train_set.classes() != val_set.classes() {
         return Err(MhclError::data(format!(
             "train/ and val/ of {} have different classes",
@@ -725,7 +733,7 @@ fn run_rank(args: &LinclsArgs, ctx: &RankCtx) -> Result<LinclsSummary> {
         Some(e) => e,
         None => val_eval(&fc)?,
     };
-    let summary = summarize(
+    let mut summary = summarize(
         args,
         &classes,
         &history,
@@ -735,7 +743,20 @@ fn run_rank(args: &LinclsArgs, ctx: &RankCtx) -> Result<LinclsSummary> {
         val_set.len(),
         t_run,
     );
+    summary.skipped_images = data::skipped_images(&train_set, &train_loader);
+    for e in data::skipped_images(&val_set, &val_loader) {
+        if !summary.skipped_images.contains(&e) {
+            summary.skipped_images.push(e);
+        }
+    }
     if main {
+        if !summary.skipped_images.is_empty() {
+            println!(
+                "=> skipped {} unreadable images (--skip-corrupt): {}",
+                summary.skipped_images.len(),
+                summary.skipped_images.join("; ")
+            );
+        }
         write_summary(&args.output_dir, &summary)?;
         if !history.is_empty() {
             crate::plot::lincls_curves(&args.output_dir.join(CURVES_FILE), &history)?;
@@ -827,6 +848,7 @@ fn summarize(
         train_images,
         val_images,
         seconds: t_run.elapsed().as_secs_f64(),
+        skipped_images: Vec::new(),
     }
 }
 

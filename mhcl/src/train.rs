@@ -83,6 +83,10 @@ pub struct EpochMetrics {
     /// Weighted kNN accuracy on DATA/val, when measured this epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn: Option<KnnResult>,
+    /// Images dropped so far with `--skip-corrupt` (by the pre-scan or when loaded), each
+    /// `path: reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_images: Vec<String>,
 }
 
 /// What [`pretrain`] returns.
@@ -273,6 +277,21 @@ fn load_metrics(path: &Path, start_epoch: usize) -> Vec<EpochMetrics> {
         .unwrap_or_default()
 }
 
+/// Prints the images the loader dropped since the last report (`--skip-corrupt`).
+fn report_skipped(epoch: usize, loader: &ssl_augment::Loader, reported: &mut usize) {
+    let errors = loader.skipped_errors();
+    let total = loader.skipped();
+    if total > *reported {
+        let new = errors.get(*reported..).unwrap_or_default();
+        println!(
+            "=> epoch {epoch}: skipped {} unreadable images (--skip-corrupt, {total} so far): {}",
+            total - *reported,
+            new.join("; ")
+        );
+        *reported = total;
+    }
+}
+
 fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
     let json = serde_json::to_vec_pretty(metrics)
         .map_err(|e| MhclError::Component(format!("metrics JSON: {e}")))?;
@@ -385,7 +404,11 @@ fn pretrain_rank(args: &PretrainArgs, ctx: &RankCtx) -> Result<PretrainOutcome> 
     let main = ctx.is_main();
     let world = ctx.world_size();
     let config = model_config(args)?;
-    let train_set = Arc::new(data::open_split(&args.data, "train")?);
+    let checks = data::ImageChecks {
+        verify: args.verify_images,
+        skip_corrupt: args.skip_corrupt,
+    };
+    let train_set = Arc::new(data::open_split_checked(&args.data, "train", checks, main)?);
     if train_set.len() < ctx.global_batch_size() {
         return Err(MhclError::arg(format!(
             "batch size {} is larger than the dataset ({} images in {}); use a smaller -b",
@@ -535,6 +558,7 @@ fn pretrain_rank(args: &PretrainArgs, ctx: &RankCtx) -> Result<PretrainOutcome> 
         Vec::new()
     };
     let mut last_checkpoint = None;
+    let mut skipped_reported = 0usize;
     let t_run = Instant::now();
     let train_device = state.model.device().clone();
     let plain_device = train_device.clone().inner();
@@ -596,6 +620,13 @@ fn pretrain_rank(args: &PretrainArgs, ctx: &RankCtx) -> Result<PretrainOutcome> 
                 break;
             };
             let mut batch = batch.map_err(|e| MhclError::data(e.to_string()))?;
+            // A batch that lost images to --skip-corrupt is skipped whole, on every rank: the
+            // queue takes the same number of keys every step (K is a multiple of the batch, as
+            // MoCo's assert requires).
+            if args.skip_corrupt && ctx.any(batch.n < ctx.batch_size())? {
+                t_last = Instant::now();
+                continue;
+            }
             data_time.update(t_last.elapsed().as_secs_f64(), 1.0);
             let n = batch.n;
             let im_q = data::view_tensor(&mut batch, 0, &train_device);
@@ -690,7 +721,9 @@ fn pretrain_rank(args: &PretrainArgs, ctx: &RankCtx) -> Result<PretrainOutcome> 
             seconds,
             wall_time: t_run.elapsed().as_secs_f64(),
             knn: None,
+            skipped_images: data::skipped_images(&train_set, &loader),
         };
+        report_skipped(epoch, &loader, &mut skipped_reported);
         let last = epoch + 1 == args.epochs;
         if let Some(val_set) = &knn_sets
             && ((epoch + 1) % args.knn_every == 0 || last)

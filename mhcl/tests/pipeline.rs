@@ -392,6 +392,120 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
 }
 
 #[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one() {
+    let _g = serial();
+    let dir = out("disk-full");
+    let _ = std::fs::remove_dir_all(&dir);
+    // epoch 0's checkpoint is written; epoch 1's cannot be (a non-empty directory holds its
+    // name, as a full disk would make the write fail)
+    std::fs::create_dir_all(Path::new(&dir).join("checkpoint_0001.safetensors/x")).unwrap();
+    let args = pretrain_args(&["--epochs", "2", "--save-epochs", "0", "--output-dir", &dir]);
+    let e = mhcl::train::pretrain(&args).unwrap_err().to_string();
+    assert!(e.contains("checkpoint_0001.safetensors"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    let first = Path::new(&dir).join("checkpoint_0000.safetensors");
+    assert_eq!(Checkpoint::read(&first).unwrap().meta.epoch, 1);
+    let stray: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp."))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn metrics_that_cannot_be_written_stop_the_run_with_one_line() {
+    let _g = serial();
+    let dir = out("metrics-full");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(Path::new(&dir).join("metrics.json/x")).unwrap();
+    let args = pretrain_args(&["--epochs", "1", "--output-dir", &dir]);
+    let e = mhcl::train::pretrain(&args).unwrap_err().to_string();
+    assert!(e.contains("metrics.json"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+/// A copy of the tiny dataset with one corrupt JPEG in `train/` (and one in `val/`).
+fn data_with_a_corrupt_image(name: &str) -> String {
+    let dst = root().join(name);
+    let _ = std::fs::remove_dir_all(&dst);
+    for split in ["train", "val"] {
+        let src = root().join("data").join(split);
+        for class in std::fs::read_dir(&src).unwrap() {
+            let class = class.unwrap().path();
+            let to = dst.join(split).join(class.file_name().unwrap());
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(&class).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let first_class = std::fs::read_dir(dst.join(split))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .min()
+            .unwrap();
+        std::fs::write(
+            first_class.join("broken.jpg"),
+            b"\xff\xd8 not really a jpeg",
+        )
+        .unwrap();
+    }
+    dst.to_string_lossy().into_owned()
+}
+
+#[test]
+fn verify_images_stops_at_a_corrupt_file_before_training() {
+    let _g = serial();
+    let d = data_with_a_corrupt_image("corrupt-verify");
+    let o = out("corrupt-verify-out");
+    let mut args: Vec<&str> = vec!["pretrain", &d];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--epochs", "1", "--verify-images", "--output-dir", &o]);
+    expect_error(&args, "broken.jpg");
+    assert!(!Path::new(&o).join("checkpoint_0000.safetensors").exists());
+}
+
+#[test]
+fn skip_corrupt_drops_and_names_bad_files_in_the_metrics() {
+    let _g = serial();
+    let d = data_with_a_corrupt_image("corrupt-skip");
+    for (name, extra) in [
+        (
+            "corrupt-skip-prescan",
+            &["--skip-corrupt", "--verify-images"][..],
+        ),
+        ("corrupt-skip-load", &["--skip-corrupt"][..]),
+    ] {
+        let o = out(name);
+        let mut argv = vec!["mhcl", "pretrain", d.as_str()];
+        argv.extend_from_slice(TINY);
+        argv.extend_from_slice(&["--epochs", "1", "--output-dir", &o]);
+        argv.extend_from_slice(extra);
+        let Command::Pretrain(args) = parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let outcome = mhcl::train::pretrain(&args).unwrap();
+        let skipped = &outcome.metrics[0].skipped_images;
+        assert_eq!(skipped.len(), 1, "{name}: {skipped:?}");
+        assert!(skipped[0].contains("broken.jpg"), "{name}: {skipped:?}");
+        let json = std::fs::read_to_string(Path::new(&o).join("metrics.json")).unwrap();
+        assert!(json.contains("broken.jpg"), "{name}: {json}");
+    }
+}
+
+#[test]
+fn without_skip_corrupt_a_bad_file_stops_the_run_at_its_batch() {
+    let _g = serial();
+    let d = data_with_a_corrupt_image("corrupt-stop");
+    let o = out("corrupt-stop-out");
+    let mut args: Vec<&str> = vec!["pretrain", &d];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--epochs", "1", "--output-dir", &o]);
+    expect_error(&args, "broken.jpg");
+}
+
+#[test]
 fn split_command_writes_train_and_val() {
     let src = out("data/train");
     let dst = out("split");

@@ -209,7 +209,27 @@ pub struct Loader {
     dataset: Arc<dyn Dataset>,
     transform: Arc<dyn SampleTransform>,
     config: LoaderConfig,
-    skipped: Arc<AtomicUsize>,
+    skipped: Arc<SkipLog>,
+}
+
+/// Samples a loader dropped because they failed to load: how many, and the first
+/// [`SkipLog::KEPT`] errors (each names its file).
+#[derive(Debug, Default)]
+struct SkipLog {
+    count: AtomicUsize,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl SkipLog {
+    const KEPT: usize = 1000;
+
+    fn record(&self, e: &AugmentError) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < Self::KEPT {
+            errors.push(e.to_string());
+        }
+    }
 }
 
 impl Loader {
@@ -230,7 +250,7 @@ impl Loader {
             dataset,
             transform,
             config,
-            skipped: Arc::new(AtomicUsize::new(0)),
+            skipped: Arc::new(SkipLog::default()),
         })
     }
 
@@ -280,7 +300,17 @@ impl Loader {
     /// Samples dropped so far because they failed to load (only with a dataset that skips
     /// corrupt files).
     pub fn skipped(&self) -> usize {
-        self.skipped.load(Ordering::Relaxed)
+        self.skipped.count.load(Ordering::Relaxed)
+    }
+
+    /// The errors of the samples dropped so far (the first 1000), each naming its file, in the
+    /// order they happened.
+    pub fn skipped_errors(&self) -> Vec<String> {
+        self.skipped
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The batches of `epoch`. Worker threads start now and stop when the iterator is dropped.
@@ -346,7 +376,7 @@ struct BatchContext {
     transform: Arc<dyn SampleTransform>,
     seed: u64,
     epoch: u64,
-    skipped: Arc<AtomicUsize>,
+    skipped: Arc<SkipLog>,
 }
 
 impl BatchContext {
@@ -379,8 +409,7 @@ impl BatchContext {
             let (img, label) = match self.dataset.get(index) {
                 Ok(v) => v,
                 Err(e) if self.dataset.skip_corrupt() => {
-                    let _ = e;
-                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    self.skipped.record(&e);
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -301,6 +301,9 @@ fn corrupt_files_are_errors_naming_the_file() {
     assert_eq!(batches[0].n, 1);
     assert_eq!(batches[0].views[0].len(), 3 * 16 * 16);
     assert_eq!(loader.skipped(), 4);
+    let errors = loader.skipped_errors();
+    assert_eq!(errors.len(), 4);
+    assert!(errors.iter().any(|e| e.contains("text.png")), "{errors:?}");
 
     // Without skipping, the batch is an error naming a file.
     let f = ImageFolder::new(&root, &ImageFolderOptions::default()).unwrap();

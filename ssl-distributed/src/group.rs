@@ -152,7 +152,7 @@ impl OpKind {
     }
 
     /// Whether all ranks must pass the same element count.
-    fn same_len(self) -> bool {
+    pub(crate) fn same_len(self) -> bool {
         matches!(
             self,
             OpKind::AllReduce(_) | OpKind::AllGather | OpKind::Broadcast { .. }

@@ -59,8 +59,8 @@ pub use moco::{
 #[cfg(feature = "nccl")]
 pub use nccl::NcclGroup;
 pub use rendezvous::{
-    DistUrl, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_MASTER_ADDR, ENV_MASTER_PORT, ENV_RANK,
-    ENV_WORLD_SIZE, Rendezvous, RendezvousConfig, check_rank,
+    DistToken, DistUrl, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_MASTER_ADDR, ENV_MASTER_PORT,
+    ENV_RANK, ENV_WORLD_SIZE, Rendezvous, RendezvousConfig, check_rank,
 };
 pub use tcp::TcpGroup;
 

@@ -123,6 +123,42 @@ pub struct RendezvousConfig {
     pub world_size: Option<usize>,
     /// Timeout of the rendezvous and of every collective of the resulting group.
     pub timeout: Duration,
+    /// Shared secret of the TCP rendezvous (none: any process that speaks the protocol may
+    /// join, as with PyTorch's TCPStore).
+    pub token: Option<DistToken>,
+}
+
+/// The shared secret of a TCP rendezvous.
+///
+/// With a token, rank 0 and every joining rank prove to each other that they hold it by a
+/// challenge-response with HMAC-SHA256 over the joining rank's hello and one fresh random nonce
+/// from each side: the token itself never crosses the wire, a recorded handshake cannot be
+/// replayed, and a process without the token can neither join nor disturb the rendezvous (its
+/// connection is refused and counted, the others go on). `Debug` prints no secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DistToken(String);
+
+impl DistToken {
+    /// A token from its text; an empty one is refused.
+    pub fn new(secret: impl Into<String>) -> Result<DistToken> {
+        let secret = secret.into();
+        if secret.is_empty() {
+            return Err(DistributedError::InvalidConfig(
+                "the rendezvous token must not be empty".into(),
+            ));
+        }
+        Ok(DistToken(secret))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for DistToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DistToken(<secret>)")
+    }
 }
 
 impl RendezvousConfig {
@@ -133,7 +169,14 @@ impl RendezvousConfig {
             rank: None,
             world_size: None,
             timeout: DEFAULT_TIMEOUT,
+            token: None,
         }
+    }
+
+    /// Sets the shared secret of the TCP rendezvous (see [`DistToken`]).
+    pub fn with_token(mut self, token: Option<DistToken>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Sets the global rank.
@@ -245,6 +288,7 @@ impl RendezvousConfig {
             world_size,
             local_rank,
             timeout: self.timeout,
+            token: self.token.clone(),
         })
     }
 }
@@ -264,9 +308,21 @@ pub struct Rendezvous {
     pub local_rank: Option<usize>,
     /// Timeout of the rendezvous and of every collective.
     pub timeout: Duration,
+    /// Shared secret of the rendezvous, if any.
+    pub token: Option<DistToken>,
 }
 
 impl Rendezvous {
+    /// Whether rank 0 of this rendezvous listens on every interface (its host is not a
+    /// loopback address), which is when a token matters.
+    pub fn listens_publicly(&self) -> bool {
+        use std::net::ToSocketAddrs;
+        match (self.host.as_str(), self.port).to_socket_addrs() {
+            Ok(mut addrs) => addrs.next().is_some_and(|a| !a.ip().is_loopback()),
+            Err(_) => true,
+        }
+    }
+
     /// `host:port` as text (IPv6 in brackets).
     pub fn addr(&self) -> String {
         if self.host.contains(':') {

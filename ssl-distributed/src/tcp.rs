@@ -12,15 +12,30 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, T
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::error::{DistributedError, Result};
 use crate::group::{OpHeader, OpKind, ProcessGroup, ReduceOp, check_root, reduce_into, validate};
-use crate::rendezvous::{Rendezvous, RendezvousConfig, check_rank};
+use crate::rendezvous::{DistToken, Rendezvous, RendezvousConfig, check_rank};
 
 const MAGIC: u32 = 0x5353_4c44; // "SSLD"
-const PROTOCOL_VERSION: u32 = 1;
+/// 2: the hello carries a token flag and a nonce, for the optional challenge-response.
+const PROTOCOL_VERSION: u32 = 2;
+/// Bytes of a hello: magic, version, rank, world, local rank, token flag, nonce.
+const HELLO_LEN: usize = 32 + 1 + NONCE_LEN;
+const NONCE_LEN: usize = 32;
+const MAC_LEN: usize = 32;
+/// Status byte of rank 0's answer to a hello: welcome, error, or (with a token) a challenge.
+const STATUS_WELCOME: u8 = 0;
+const STATUS_ERROR: u8 = 1;
+const STATUS_CHALLENGE: u8 = 2;
 const NO_LOCAL_RANK: u64 = u64::MAX;
-/// Upper bound on one message's payload, against garbage lengths from a foreign peer.
-const MAX_PAYLOAD: u64 = 1 << 40;
+/// Longest error message accepted from a peer.
+const MAX_ERROR_MESSAGE: usize = 64 << 10;
+/// Bytes read per step where the length comes from a peer and is not known in advance: the
+/// buffer grows only as data actually arrives, so a forged length allocates nothing.
+const READ_CHUNK: usize = 1 << 20;
 
 /// A process group over TCP, one process per rank (star topology through rank 0).
 ///
@@ -139,7 +154,7 @@ impl TcpGroup {
         let mut payloads = vec![payload.to_vec()];
         for (i, s) in inner.streams.iter_mut().enumerate() {
             let rank = i + 1;
-            match read_request(s, deadline, self.timeout, rank, header.kind) {
+            match read_request(s, deadline, self.timeout, rank, header) {
                 Ok((h, p)) => {
                     headers.push(h);
                     payloads.push(p);
@@ -194,7 +209,8 @@ impl TcpGroup {
         // longer than that so the report, not our own timeout, is what the user sees.
         let grace = (self.timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(10));
         let deadline = Instant::now() + self.timeout + grace;
-        read_response(s, deadline, self.timeout, &ctx("waiting for"))
+        let expected = expected_result_bytes(header, self.world);
+        read_response(s, deadline, self.timeout, expected, &ctx("waiting for"))
     }
 }
 
@@ -384,6 +400,7 @@ fn serve_rendezvous(rdv: &Rendezvous) -> Result<Vec<TcpStream>> {
     let deadline = Instant::now() + rdv.timeout;
     let mut peers: Vec<Option<TcpStream>> = (1..rdv.world_size).map(|_| None).collect();
     let mut joined = 0;
+    let mut refused: Vec<String> = Vec::new();
     let fail = |peers: &mut Vec<Option<TcpStream>>, e: DistributedError| {
         let short = Instant::now() + Duration::from_millis(500);
         for s in peers.iter_mut().flatten() {
@@ -402,9 +419,13 @@ fn serve_rendezvous(rdv: &Rendezvous) -> Result<Vec<TcpStream>> {
                         .filter(|(_, p)| p.is_none())
                         .map(|(i, _)| i + 1)
                         .collect();
+                    let refusals = match refused.len() {
+                        0 => String::new(),
+                        n => format!("; {n} connection(s) refused, first: {}", refused[0]),
+                    };
                     let e = DistributedError::timeout(
                         format!(
-                            "rank 0 waited at {} for ranks {missing:?} of {} to join",
+                            "rank 0 waited at {} for ranks {missing:?} of {} to join{refusals}",
                             rdv.addr(),
                             rdv.world_size
                         ),
@@ -435,13 +456,14 @@ fn serve_rendezvous(rdv: &Rendezvous) -> Result<Vec<TcpStream>> {
             Ok(h) => h,
             Err(_) => continue,
         };
-        if hello.version != PROTOCOL_VERSION {
-            let e = DistributedError::Rejected(format!(
-                "{from} speaks protocol version {}, rank 0 speaks {PROTOCOL_VERSION} \
-                 (mixed versions of ssl-distributed)",
-                hello.version
-            ));
+        if let Err(e) = admit(&mut stream, &hello, rdv, from, hello_deadline) {
             let _ = write_reject(&mut stream, &e, hello_deadline, rdv.timeout);
+            if rdv.token.is_some() {
+                // With a token nothing a process says before it proves it holds the token may
+                // end the rendezvous: refuse this connection, keep waiting for the real ranks.
+                refused.push(format!("{from} claiming rank {}: {e}", hello.rank));
+                continue;
+            }
             return Err(fail(&mut peers, e));
         }
         if hello.world != rdv.world_size as u64 {
@@ -528,7 +550,8 @@ fn join_rendezvous(rdv: &Rendezvous) -> Result<TcpStream> {
     stream
         .set_nodelay(true)
         .map_err(|e| DistributedError::io("rendezvous: configure socket", e))?;
-    let mut hello = Vec::with_capacity(32);
+    let nonce: [u8; NONCE_LEN] = rand::random();
+    let mut hello = Vec::with_capacity(HELLO_LEN);
     hello.extend_from_slice(&MAGIC.to_le_bytes());
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     hello.extend_from_slice(&(rdv.rank as u64).to_le_bytes());
@@ -538,29 +561,35 @@ fn join_rendezvous(rdv: &Rendezvous) -> Result<TcpStream> {
             .map_or(NO_LOCAL_RANK, |l| l as u64)
             .to_le_bytes(),
     );
+    hello.push(u8::from(rdv.token.is_some()));
+    hello.extend_from_slice(&nonce);
     let ctx = format!("rank {} joining rank 0 at {}", rdv.rank, rdv.addr());
     write_deadline(&mut stream, &hello, deadline, rdv.timeout, &ctx)?;
-    // Rank 0 answers once every rank has joined (or with the reason it gives up).
+    // Rank 0 answers once every rank has joined (or with the reason it gives up); with a token
+    // it first sends a challenge.
     let grace = Duration::from_secs(2);
-    let mut status = [0u8; 1];
-    read_deadline(
-        &mut stream,
-        &mut status,
-        deadline + grace,
-        rdv.timeout,
-        &ctx,
-    )
-    .map_err(|e| match e {
-        DistributedError::PeerGone(_) => DistributedError::Rejected(format!(
-            "rank 0 at {} closed the connection during rendezvous (another rank failed \
-                 to join, or rank 0 exited)",
-            rdv.addr()
-        )),
-        other => other,
-    })?;
-    match status[0] {
-        0 => Ok(stream),
-        1 => Err(read_error(
+    let read_status = |stream: &mut TcpStream| -> Result<u8> {
+        let mut status = [0u8; 1];
+        read_deadline(stream, &mut status, deadline + grace, rdv.timeout, &ctx).map_err(
+            |e| match e {
+                DistributedError::PeerGone(_) => DistributedError::Rejected(format!(
+                    "rank 0 at {} closed the connection during rendezvous (another rank failed \
+                     to join, or rank 0 exited)",
+                    rdv.addr()
+                )),
+                other => other,
+            },
+        )?;
+        Ok(status[0])
+    };
+    let mut status = read_status(&mut stream)?;
+    if status == STATUS_CHALLENGE {
+        answer_challenge(&mut stream, rdv, &hello, deadline + grace, &ctx)?;
+        status = read_status(&mut stream)?;
+    }
+    match status {
+        STATUS_WELCOME => Ok(stream),
+        STATUS_ERROR => Err(read_error(
             &mut stream,
             deadline + grace,
             rdv.timeout,
@@ -572,38 +601,209 @@ fn join_rendezvous(rdv: &Rendezvous) -> Result<TcpStream> {
     }
 }
 
+/// The joining rank's side of the token check: verify rank 0's proof, send its own.
+fn answer_challenge(
+    stream: &mut TcpStream,
+    rdv: &Rendezvous,
+    hello: &[u8],
+    deadline: Instant,
+    ctx: &str,
+) -> Result<()> {
+    let mut challenge = [0u8; NONCE_LEN + MAC_LEN];
+    read_deadline(stream, &mut challenge, deadline, rdv.timeout, ctx)?;
+    let Some(token) = &rdv.token else {
+        return Err(DistributedError::Rejected(format!(
+            "rank 0 at {} requires a rendezvous token (--dist-token / MHCL_DIST_TOKEN) and \
+             rank {} has none",
+            rdv.addr(),
+            rdv.rank
+        )));
+    };
+    let (server_nonce, server_mac) = challenge.split_at(NONCE_LEN);
+    if !verify_mac(token, ROLE_SERVER, hello, server_nonce, server_mac) {
+        return Err(DistributedError::Rejected(format!(
+            "the process at {} could not prove it holds rank {}'s rendezvous token: the tokens \
+             differ, or another program listens on that port",
+            rdv.addr(),
+            rdv.rank
+        )));
+    }
+    let proof = mac(token, ROLE_CLIENT, hello, server_nonce);
+    write_deadline(stream, &proof, deadline, rdv.timeout, ctx)
+}
+
+const ROLE_SERVER: &[u8] = b"ssl-distributed rendezvous v2: rank 0";
+const ROLE_CLIENT: &[u8] = b"ssl-distributed rendezvous v2: joining rank";
+
+/// HMAC-SHA256 with the token over `role || hello || server_nonce` (the hello holds the joining
+/// rank's nonce, rank and world size).
+fn keyed(token: &DistToken, role: &[u8], hello: &[u8], server_nonce: &[u8]) -> Hmac<Sha256> {
+    let mut m =
+        Hmac::<Sha256>::new_from_slice(token.bytes()).expect("HMAC takes keys of any length");
+    m.update(role);
+    m.update(hello);
+    m.update(server_nonce);
+    m
+}
+
+fn mac(token: &DistToken, role: &[u8], hello: &[u8], server_nonce: &[u8]) -> [u8; MAC_LEN] {
+    keyed(token, role, hello, server_nonce)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Checks a MAC in constant time.
+fn verify_mac(
+    token: &DistToken,
+    role: &[u8],
+    hello: &[u8],
+    server_nonce: &[u8],
+    got: &[u8],
+) -> bool {
+    keyed(token, role, hello, server_nonce)
+        .verify_slice(got)
+        .is_ok()
+}
+
+/// Rank 0's checks of a hello before the rank is counted: the protocol version, then the
+/// token (both have one and the peer proves it, or neither has one).
+fn admit(
+    stream: &mut TcpStream,
+    hello: &Hello,
+    rdv: &Rendezvous,
+    from: SocketAddr,
+    deadline: Instant,
+) -> Result<()> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(DistributedError::Rejected(format!(
+            "{from} speaks protocol version {}, rank 0 speaks {PROTOCOL_VERSION} \
+             (mixed versions of ssl-distributed)",
+            hello.version
+        )));
+    }
+    match (&rdv.token, hello.has_token) {
+        (None, false) => Ok(()),
+        (None, true) => Err(DistributedError::Rejected(format!(
+            "rank {} ({from}) has a rendezvous token but rank 0 has none: give every rank the \
+             same --dist-token / MHCL_DIST_TOKEN",
+            hello.rank
+        ))),
+        (Some(_), false) => Err(DistributedError::Rejected(format!(
+            "a process at {from} (rank {}) has no rendezvous token; rank 0 requires one \
+             (--dist-token / MHCL_DIST_TOKEN)",
+            hello.rank
+        ))),
+        (Some(token), true) => {
+            let server_nonce: [u8; NONCE_LEN] = rand::random();
+            let mut challenge = vec![STATUS_CHALLENGE];
+            challenge.extend_from_slice(&server_nonce);
+            challenge.extend_from_slice(&mac(token, ROLE_SERVER, &hello.bytes, &server_nonce));
+            let ctx = format!("rank 0 challenging {from}");
+            write_deadline(stream, &challenge, deadline, rdv.timeout, &ctx)?;
+            let mut proof = [0u8; MAC_LEN];
+            read_deadline(stream, &mut proof, deadline, rdv.timeout, &ctx)?;
+            if verify_mac(token, ROLE_CLIENT, &hello.bytes, &server_nonce, &proof) {
+                Ok(())
+            } else {
+                Err(DistributedError::Rejected(format!(
+                    "authentication failed: the process at {from} (rank {}) does not hold rank \
+                     0's rendezvous token",
+                    hello.rank
+                )))
+            }
+        }
+    }
+}
+
 struct Hello {
     version: u32,
     rank: u64,
     world: u64,
+    has_token: bool,
+    /// The hello as sent (what the token's MACs cover).
+    bytes: Vec<u8>,
 }
 
 fn read_hello(s: &mut TcpStream, deadline: Instant, timeout: Duration) -> Result<Hello> {
-    let mut buf = [0u8; 32];
-    read_deadline(s, &mut buf, deadline, timeout, "rank 0 reading a hello")?;
-    let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
-    let u64_at = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
-    if u32_at(0) != MAGIC {
+    let mut buf = vec![0u8; HELLO_LEN];
+    read_deadline(
+        s,
+        &mut buf[..32],
+        deadline,
+        timeout,
+        "rank 0 reading a hello",
+    )?;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    if u32_at(&buf, 0) != MAGIC {
         return Err(DistributedError::Protocol("bad magic in hello".into()));
     }
+    let version = u32_at(&buf, 4);
+    if version == PROTOCOL_VERSION {
+        read_deadline(
+            s,
+            &mut buf[32..],
+            deadline,
+            timeout,
+            "rank 0 reading a hello",
+        )?;
+    } else {
+        // an older peer sent only the 32 bytes of version 1: enough to name its version
+        buf.truncate(32);
+    }
     Ok(Hello {
-        version: u32_at(4),
-        rank: u64_at(8),
-        world: u64_at(16),
+        version,
+        rank: u64_at(&buf, 8),
+        world: u64_at(&buf, 16),
+        has_token: buf.get(32) == Some(&1),
+        bytes: buf,
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // messages
 
+/// The payload bytes a request header implies (the sender's own sizes).
+fn request_bytes(kind: OpKind, len: usize, rank: usize) -> Option<u64> {
+    let len = len as u64;
+    match kind {
+        OpKind::AllReduce(_) | OpKind::AllGather => len.checked_mul(4),
+        OpKind::Broadcast { root } => Some(if rank == root { len.checked_mul(4)? } else { 0 }),
+        OpKind::BroadcastBytes { root } => Some(if rank == root { len } else { 0 }),
+        OpKind::AllGatherBytes => Some(len),
+        OpKind::Barrier => Some(0),
+    }
+}
+
+/// The result bytes a rank expects back for its own `header`: exact for the collectives whose
+/// sizes every rank knows, `None` for the byte collectives, whose sizes only their senders
+/// know.
+fn expected_result_bytes(header: OpHeader, world: usize) -> Option<u64> {
+    let values = header.len as u64;
+    match header.kind {
+        OpKind::AllReduce(_) | OpKind::Broadcast { .. } => values.checked_mul(4),
+        OpKind::AllGather => values.checked_mul(4 * world as u64),
+        OpKind::Barrier => Some(0),
+        OpKind::BroadcastBytes { .. } | OpKind::AllGatherBytes => None,
+    }
+}
+
+/// Rank 0 reads rank `rank`'s request for the collective rank 0 itself called (`own`).
+///
+/// Lengths are checked before anything is allocated: the announced payload must be what the
+/// request's own header implies (else a protocol error naming the rank), and a payload whose
+/// size differs from rank 0's is read and dropped in small pieces (the mismatch is then
+/// reported by `validate`, and the group stays usable). Byte collectives, whose sizes rank 0
+/// cannot know, are read in pieces as the data arrives.
 fn read_request(
     s: &mut TcpStream,
     deadline: Instant,
     timeout: Duration,
     rank: usize,
-    expected: OpKind,
+    own: OpHeader,
 ) -> Result<(OpHeader, Vec<u8>)> {
-    let ctx = format!("rank 0 waiting for rank {rank} in {expected}");
+    let ctx = format!("rank 0 waiting for rank {rank} in {}", own.kind);
     let mut head = [0u8; 25];
     read_deadline(s, &mut head, deadline, timeout, &ctx)?;
     let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
@@ -616,14 +816,61 @@ fn read_request(
     let len = usize::try_from(u64_at(9))
         .map_err(|_| DistributedError::Protocol(format!("rank {rank} sent a huge length")))?;
     let payload_len = u64_at(17);
-    if payload_len > MAX_PAYLOAD {
+    if request_bytes(kind, len, rank) != Some(payload_len) {
         return Err(DistributedError::Protocol(format!(
-            "rank {rank} announced a payload of {payload_len} bytes"
+            "rank {rank} announced {payload_len} bytes for {kind} of length {len}"
         )));
     }
-    let mut payload = vec![0u8; payload_len as usize];
-    read_deadline(s, &mut payload, deadline, timeout, &ctx)?;
-    Ok((OpHeader { kind, len }, payload))
+    let header = OpHeader { kind, len };
+    let payload = if kind != own.kind || (kind.same_len() && len != own.len) {
+        drain(s, payload_len, deadline, timeout, &ctx)?;
+        Vec::new()
+    } else if kind.same_len() {
+        let mut payload = vec![0u8; payload_len as usize];
+        read_deadline(s, &mut payload, deadline, timeout, &ctx)?;
+        payload
+    } else {
+        read_growing(s, payload_len, deadline, timeout, &ctx)?
+    };
+    Ok((header, payload))
+}
+
+/// Reads `len` bytes of unknown plausibility: the buffer grows as they arrive.
+fn read_growing(
+    s: &mut TcpStream,
+    len: u64,
+    deadline: Instant,
+    timeout: Duration,
+    ctx: &str,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(READ_CHUNK as u64) as usize;
+        let start = out.len();
+        out.resize(start + n, 0);
+        read_deadline(s, &mut out[start..], deadline, timeout, ctx)?;
+        left -= n as u64;
+    }
+    Ok(out)
+}
+
+/// Reads and drops `len` bytes through a small buffer.
+fn drain(
+    s: &mut TcpStream,
+    len: u64,
+    deadline: Instant,
+    timeout: Duration,
+    ctx: &str,
+) -> Result<()> {
+    let mut buf = vec![0u8; (len.min(READ_CHUNK as u64)) as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        read_deadline(s, &mut buf[..n], deadline, timeout, ctx)?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 fn write_ok(
@@ -640,10 +887,13 @@ fn write_ok(
     write_deadline(s, body, deadline, timeout, &ctx)
 }
 
+/// A rank reads rank 0's answer; `expected` is the result size its own request implies
+/// (`None` for the byte collectives, read in pieces as they arrive).
 fn read_response(
     s: &mut TcpStream,
     deadline: Instant,
     timeout: Duration,
+    expected: Option<u64>,
     ctx: &str,
 ) -> Result<Vec<u8>> {
     let mut status = [0u8; 1];
@@ -653,14 +903,17 @@ fn read_response(
             let mut len = [0u8; 8];
             read_deadline(s, &mut len, deadline, timeout, ctx)?;
             let len = u64::from_le_bytes(len);
-            if len > MAX_PAYLOAD {
-                return Err(DistributedError::Protocol(format!(
-                    "rank 0 announced a result of {len} bytes"
-                )));
+            match expected {
+                Some(want) if want != len => Err(DistributedError::Protocol(format!(
+                    "{ctx}: rank 0 announced a result of {len} bytes, expected {want}"
+                ))),
+                Some(_) => {
+                    let mut body = vec![0u8; len as usize];
+                    read_deadline(s, &mut body, deadline, timeout, ctx)?;
+                    Ok(body)
+                }
+                None => read_growing(s, len, deadline, timeout, ctx),
             }
-            let mut body = vec![0u8; len as usize];
-            read_deadline(s, &mut body, deadline, timeout, ctx)?;
-            Ok(body)
         }
         1 => Err(read_error(s, deadline, timeout, ctx)?),
         x => Err(DistributedError::Protocol(format!(
@@ -738,6 +991,11 @@ fn read_error(
     read_deadline(s, &mut head, deadline, timeout, ctx)?;
     let millis = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes")) as usize;
+    if len > MAX_ERROR_MESSAGE {
+        return Err(DistributedError::Protocol(format!(
+            "{ctx}: the peer announced an error message of {len} bytes (at most {MAX_ERROR_MESSAGE})"
+        )));
+    }
     let mut msg = vec![0u8; len];
     read_deadline(s, &mut msg, deadline, timeout, ctx)?;
     let msg = String::from_utf8_lossy(&msg).into_owned();
@@ -899,6 +1157,106 @@ mod tests {
             let back = read_error(&mut r, deadline, Duration::from_secs(5), "t").unwrap();
             assert_eq!(back.to_string(), e.to_string());
         }
+    }
+
+    /// A connected pair of sockets on loopback: (writer side, reader side).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (r, _) = l.accept().unwrap();
+        (w, r)
+    }
+
+    fn request_head(kind: OpKind, len: u64, payload_len: u64) -> Vec<u8> {
+        let (k, param) = kind.encode();
+        let mut head = vec![k];
+        head.extend_from_slice(&param.to_le_bytes());
+        head.extend_from_slice(&len.to_le_bytes());
+        head.extend_from_slice(&payload_len.to_le_bytes());
+        head
+    }
+
+    #[test]
+    fn a_payload_length_that_contradicts_its_header_is_refused_before_reading_it() {
+        let (mut w, mut r) = socket_pair();
+        // 10 values of all_reduce are 40 bytes, not 1 TiB
+        w.write_all(&request_head(OpKind::AllReduce(ReduceOp::Sum), 10, 1 << 40))
+            .unwrap();
+        let own = OpHeader {
+            kind: OpKind::AllReduce(ReduceOp::Sum),
+            len: 10,
+        };
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(5);
+        let e = read_request(&mut r, deadline, Duration::from_secs(5), 3, own).unwrap_err();
+        assert!(matches!(e, DistributedError::Protocol(_)), "{e}");
+        assert!(e.to_string().contains("rank 3"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_consistent_but_foreign_size_is_drained_not_allocated() {
+        let (mut w, mut r) = socket_pair();
+        // a self-consistent header for 2^38 values that rank 0 does not expect; no data follows
+        w.write_all(&request_head(
+            OpKind::AllReduce(ReduceOp::Sum),
+            1 << 38,
+            1 << 40,
+        ))
+        .unwrap();
+        let own = OpHeader {
+            kind: OpKind::AllReduce(ReduceOp::Sum),
+            len: 10,
+        };
+        let timeout = Duration::from_millis(300);
+        let e = read_request(&mut r, Instant::now() + timeout, timeout, 1, own).unwrap_err();
+        assert!(matches!(e, DistributedError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_size_mismatch_is_read_off_so_the_stream_stays_in_step() {
+        let (mut w, mut r) = socket_pair();
+        let payload = vec![7u8; 16];
+        w.write_all(&request_head(OpKind::AllGather, 4, 16))
+            .unwrap();
+        w.write_all(&payload).unwrap();
+        w.write_all(&request_head(OpKind::Barrier, 0, 0)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let t = Duration::from_secs(5);
+        let own = OpHeader {
+            kind: OpKind::AllGather,
+            len: 3,
+        };
+        let (h, p) = read_request(&mut r, deadline, t, 1, own).unwrap();
+        assert_eq!((h.len, p.len()), (4, 0));
+        let barrier = OpHeader {
+            kind: OpKind::Barrier,
+            len: 0,
+        };
+        let (h, _) = read_request(&mut r, deadline, t, 1, barrier).unwrap();
+        assert_eq!(h.kind, OpKind::Barrier);
+    }
+
+    #[test]
+    fn results_and_error_messages_of_unexpected_size_are_refused() {
+        let (mut w, mut r) = socket_pair();
+        let mut msg = vec![0u8];
+        msg.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        w.write_all(&msg).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let t = Duration::from_secs(5);
+        let e =
+            read_response(&mut r, deadline, t, Some(40), "rank 1 waiting for rank 0").unwrap_err();
+        assert!(matches!(e, DistributedError::Protocol(_)), "{e}");
+
+        let (mut w, mut r) = socket_pair();
+        let mut msg = vec![1u8, 1];
+        msg.extend_from_slice(&0u64.to_le_bytes());
+        msg.extend_from_slice(&u32::MAX.to_le_bytes());
+        w.write_all(&msg).unwrap();
+        let e =
+            read_response(&mut r, deadline, t, Some(40), "rank 1 waiting for rank 0").unwrap_err();
+        assert!(matches!(e, DistributedError::Protocol(_)), "{e}");
     }
 
     #[test]

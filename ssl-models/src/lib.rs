@@ -14,6 +14,9 @@
 //! * [`weights`]: save / load by PyTorch name (safetensors, `.pth`, `.pth.tar`), strict with
 //!   explicit allow-lists.
 //!
+//! * [`matmul_isa`]: which matrix kernels (AVX-512, AVX2, NEON) the CPU backend picked at run
+//!   time.
+//!
 //! Library code never names a backend: modules are built on the [`Device`](burn::prelude::Device)
 //! given to `init`, the CPU `flex` backend by default.
 //!
@@ -47,6 +50,7 @@
 
 pub mod batchnorm;
 pub mod classifier;
+pub mod cpu;
 pub mod error;
 pub mod mhcl_encoder;
 pub mod resnet;
@@ -55,6 +59,7 @@ pub mod weights;
 
 pub use batchnorm::{BatchCounter, BatchNorm2d, BatchNorm2dConfig, Buffer};
 pub use classifier::{LinearClassifier, LinearClassifierConfig};
+pub use cpu::{MatmulIsa, matmul_isa};
 pub use error::{ModelsError, Result, WeightsMismatch};
 pub use mhcl_encoder::{
     EncoderOutput, GlobalMlp, MULTISCALE_SCALES, MhclEncoder, MhclEncoderConfig, Mlp,

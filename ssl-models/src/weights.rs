@@ -703,6 +703,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_leaves_the_previous_file_and_no_temporary() {
+        let dir = tmp("disk-full");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("checkpoint.safetensors");
+        fs::write(&path, b"previous checkpoint").unwrap();
+        // the disk fills up half way through the new file
+        let err = write_atomic(&path, |tmp| {
+            fs::write(tmp, b"half of the new").map_err(io_err(tmp))?;
+            Err(io_err(tmp)(std::io::Error::from_raw_os_error(28))) // ENOSPC
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"previous checkpoint");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("checkpoint.safetensors")]
+        );
+        // a rename that fails (the target is a non-empty directory) cleans up the same way
+        let blocked = dir.join("blocked.json");
+        fs::create_dir_all(blocked.join("x")).unwrap();
+        assert!(write_file_atomic(&blocked, b"{}").is_err());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn safetensors_round_trip_is_exact() {
         let dev = Device::flex();
         let enc = MhclEncoderConfig::new(Arch::ResNet18)

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use ssl_distributed::{
-    DistributedError, ProcessGroup, ReduceOp, RendezvousConfig, SpawnConfig, TcpGroup,
+    DistToken, DistributedError, ProcessGroup, ReduceOp, RendezvousConfig, SpawnConfig, TcpGroup,
     spawn_workers,
 };
 
@@ -401,4 +401,110 @@ fn spawn_workers_runs_ranks_and_reports_a_failed_one() {
     assert_eq!(kind(&e), "Launch", "{e}");
     assert!(e.to_string().contains("1: exit status: 5"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
+}
+
+/// `world` TcpGroups as threads, rank r with `tokens[r]` as its rendezvous token.
+fn tcp_threads_with_tokens(
+    tokens: &[Option<&str>],
+    timeout: Duration,
+) -> Vec<Result<f32, DistributedError>> {
+    let port = free_port();
+    let world = tokens.len();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .enumerate()
+            .map(|(rank, token)| {
+                s.spawn(move || {
+                    let cfg = RendezvousConfig::new(tcp_url(port))
+                        .with_rank(rank)
+                        .with_world_size(world)
+                        .with_timeout(timeout)
+                        .with_token(token.map(|t| DistToken::new(t).unwrap()));
+                    let g = TcpGroup::connect(&cfg)?;
+                    let mut x = [rank as f32 + 1.0];
+                    g.all_reduce(&mut x, ReduceOp::Sum)?;
+                    Ok(x[0])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn ranks_with_the_same_token_join_and_reduce() {
+    let res = tcp_threads_with_tokens(&[Some("s3cret"); 3], Duration::from_secs(20));
+    for r in res {
+        assert_eq!(r.unwrap(), 6.0);
+    }
+}
+
+#[test]
+fn a_rank_with_another_token_is_refused_and_named_by_rank_0() {
+    let res = tcp_threads_with_tokens(
+        &[Some("s3cret"), Some("s3cret"), Some("guess")],
+        Duration::from_secs(3),
+    );
+    let e2 = res[2].as_ref().unwrap_err();
+    assert_eq!(kind(e2), "Rejected", "{e2}");
+    assert!(e2.to_string().contains("token"), "{e2}");
+    // rank 0 goes on waiting for the real rank 2, then says who was refused
+    let e0 = res[0].as_ref().unwrap_err();
+    assert_eq!(kind(e0), "Timeout", "{e0}");
+    assert!(e0.to_string().contains("refused"), "{e0}");
+    assert!(e0.to_string().contains("rank 2"), "{e0}");
+}
+
+#[test]
+fn a_token_on_one_side_only_is_an_error_on_that_rank() {
+    // rank 0 requires one, rank 1 has none
+    let res = tcp_threads_with_tokens(&[Some("s3cret"), None], Duration::from_secs(3));
+    let e1 = res[1].as_ref().unwrap_err();
+    assert!(e1.to_string().contains("no rendezvous token"), "{e1}");
+    // rank 0 has none, rank 1 has one: a configuration error on both
+    let res = tcp_threads_with_tokens(&[None, Some("s3cret")], Duration::from_secs(3));
+    for r in &res {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.to_string().contains("rank 0 has none"), "{e}");
+    }
+}
+
+#[test]
+fn a_token_never_crosses_the_wire_and_is_not_printed() {
+    let token = DistToken::new("do-not-print-me").unwrap();
+    assert!(!format!("{token:?}").contains("do-not-print-me"));
+    let cfg = RendezvousConfig::new("tcp://127.0.0.1:1").with_token(Some(token));
+    assert!(!format!("{cfg:?}").contains("do-not-print-me"));
+    assert!(DistToken::new("").is_err());
+}
+
+#[test]
+fn without_a_token_a_stranger_cannot_pass_for_a_rank_with_one() {
+    // a process that knows the protocol but not the token, claiming rank 1, while the real
+    // rank 1 joins too: the stranger is refused, the group forms
+    let port = free_port();
+    let cfg = |rank| {
+        RendezvousConfig::new(tcp_url(port))
+            .with_rank(rank)
+            .with_world_size(2)
+            .with_timeout(Duration::from_secs(10))
+    };
+    std::thread::scope(|s| {
+        let root = s.spawn(|| {
+            let g = TcpGroup::connect(&cfg(0).with_token(Some(DistToken::new("k").unwrap())))?;
+            g.barrier()
+        });
+        let stranger = s.spawn(|| {
+            let g = TcpGroup::connect(&cfg(1).with_token(Some(DistToken::new("not-k").unwrap())));
+            g.map(|_| ())
+        });
+        assert!(stranger.join().unwrap().is_err());
+        let real = s.spawn(|| {
+            let g = TcpGroup::connect(&cfg(1).with_token(Some(DistToken::new("k").unwrap())))?;
+            g.barrier()
+        });
+        real.join().unwrap().unwrap();
+        root.join().unwrap().unwrap();
+    });
 }
