@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Runs the CPU backend's matrix-kernel tests (ssl-models/tests/matmul_kernels.rs) twice from the
-# same test binary: natively, and under `qemu-x86_64 -cpu Haswell`, an AVX2 + FMA CPU without
-# AVX-512, where gemm must take its AVX2 kernels (the test then requires
+# Runs the CPU backend's matrix-kernel tests (ssl-models/tests/matmul_kernels.rs), built with the
+# `avx512` feature (gemm's AVX-512 kernels, chosen at run time), twice from the same test binary:
+# natively (AVX-512 kernels on a CPU that has them), and under `qemu-x86_64 -cpu Haswell`, an
+# AVX2 + FMA CPU without AVX-512, where gemm must take its AVX2 kernels (the test then requires
 # SSL_EXPECT_MATMUL_ISA=avx2-fma) and the products must still match the f64 reference.
-# Installs Debian's qemu-user when qemu-x86_64 is missing (root, or sudo). x86-64 only.
+# Installs Debian's qemu-user when qemu-x86_64 is missing (root, or sudo). x86-64 only. The
+# feature changes burn's build: it goes to its own target dir (AVX512_TARGET_DIR, default
+# target/avx512).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v qemu-x86_64 >/dev/null; then
     echo "== installing qemu-user"
     ${SUDO:-$( [ "$(id -u)" = 0 ] || echo sudo )} apt-get install -y -q qemu-user >/dev/null
 fi
-bin=$(cargo test --release -p ssl-models --test matmul_kernels --no-run --message-format=json 2>/dev/null |
+bin=$(cargo test --release -p ssl-models --features avx512 --test matmul_kernels --no-run \
+    --target-dir "${AVX512_TARGET_DIR:-target/avx512}" --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -45,6 +45,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 ///
 /// `path` only names the file in errors. Empty, truncated (JPEG without its end marker) and
 /// undecodable data are errors.
+///
+/// A header announcing more than [`MAX_IMAGE_PIXELS`] pixels is refused before anything is
+/// decoded (Pillow's decompression-bomb error).
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(decode_err(path, "empty file"));
@@ -57,12 +60,39 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if format == image::ImageFormat::Jpeg {
         return decode_jpeg_libjpeg(bytes).map_err(|message| decode_err(path, message));
     }
-    let img = image::load_from_memory_with_format(bytes, format)
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = reader()
+        .into_dimensions()
+        .map_err(|e| decode_err(path, e.to_string()))?;
+    check_pixels(w as usize, h as usize).map_err(|message| decode_err(path, message))?;
+    let mut reader = reader();
+    let mut limits = image::Limits::default();
+    // the largest buffer a picture within the pixel limit needs: 4 channels of 16 bits
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS as u64 * 8);
+    reader.limits(limits);
+    let img = reader
+        .decode()
         .map_err(|e| decode_err(path, e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(decode_err(path, "image has no pixel"));
     }
     Ok(to_rgb8(img))
+}
+
+/// The most pixels a decoded image may have: twice Pillow's `Image.MAX_IMAGE_PIXELS`
+/// (89,478,485), the size above which Pillow's `open` raises `DecompressionBombError` (it only
+/// warns between once and twice). About 537 MB of RGB.
+pub const MAX_IMAGE_PIXELS: usize = 2 * 89_478_485;
+
+fn check_pixels(w: usize, h: usize) -> std::result::Result<(), String> {
+    let pixels = w.saturating_mul(h);
+    if pixels > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "the header announces {w} x {h} = {pixels} pixels, more than the limit of \
+             {MAX_IMAGE_PIXELS} (a decompression bomb, or a damaged header)"
+        ));
+    }
+    Ok(())
 }
 
 /// Decodes a JPEG with libjpeg-turbo's decoder (as built by MozJPEG) and its defaults, the ones
@@ -73,6 +103,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     use mozjpeg::ColorSpace;
     let run = || -> std::io::Result<RgbImage> {
         let d = mozjpeg::Decompress::new_mem(bytes)?;
+        check_pixels(d.width(), d.height()).map_err(std::io::Error::other)?;
         if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
             let mut started = d.to_colorspace(ColorSpace::JCS_CMYK)?;
             let (w, h) = (started.width(), started.height());

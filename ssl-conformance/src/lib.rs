@@ -20,6 +20,8 @@
 //! Every shape must come from the manifest ([`Case::shape`], [`Case::params`]): the same tests
 //! run against other vector sets with other shapes.
 
+pub mod fuzz;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

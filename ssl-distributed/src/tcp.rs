@@ -1259,6 +1259,109 @@ mod tests {
         assert!(matches!(e, DistributedError::Protocol(_)), "{e}");
     }
 
+    #[global_allocator]
+    static ALLOC: ssl_conformance::fuzz::CountingAlloc = ssl_conformance::fuzz::CountingAlloc;
+
+    /// Feeds `bytes` to `read` through a fresh loopback connection whose sender then closes.
+    fn through_socket<R>(
+        listener: &TcpListener,
+        bytes: &[u8],
+        read: impl FnOnce(&mut TcpStream) -> Result<R>,
+    ) -> std::result::Result<(), String> {
+        let mut w = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut r, _) = listener.accept().unwrap();
+        let _ = w.write_all(bytes);
+        drop(w);
+        read(&mut r).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn fuzz_config(seed: u64) -> ssl_conformance::fuzz::FuzzConfig {
+        ssl_conformance::fuzz::FuzzConfig {
+            max_inputs: 3000,
+            max_time: Duration::from_secs(6),
+            // a message is at most its bytes plus fixed buffers (1 MiB read pieces)
+            alloc_fixed: 4 << 20,
+            alloc_per_byte: 4,
+            slow_input: Duration::from_secs(2),
+            seed,
+        }
+    }
+
+    #[test]
+    fn rendezvous_readers_refuse_damaged_messages_without_panicking() {
+        use ssl_conformance::fuzz::fuzz;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let short = Duration::from_millis(200);
+        let rdv = Rendezvous {
+            host: "127.0.0.1".into(),
+            port: 1,
+            rank: 0,
+            world_size: 4,
+            local_rank: None,
+            timeout: short,
+            token: Some(DistToken::new("k").unwrap()),
+        };
+        // a hello with a token flag, then a (wrong) proof
+        let mut hello = Vec::new();
+        for part in [
+            MAGIC.to_le_bytes().to_vec(),
+            PROTOCOL_VERSION.to_le_bytes().to_vec(),
+        ] {
+            hello.extend_from_slice(&part);
+        }
+        for v in [2u64, 4, NO_LOCAL_RANK] {
+            hello.extend_from_slice(&v.to_le_bytes());
+        }
+        hello.push(1);
+        hello.extend_from_slice(&[7u8; NONCE_LEN]);
+        hello.extend_from_slice(&[9u8; MAC_LEN]);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let report = fuzz("rendezvous hello", &[hello], &fuzz_config(1), |bytes| {
+            through_socket(&listener, bytes, |s| {
+                let deadline = Instant::now() + short;
+                let h = read_hello(s, deadline, short)?;
+                admit(s, &h, &rdv, from, deadline)
+            })
+        });
+        println!("{report}");
+
+        let own = OpHeader {
+            kind: OpKind::AllReduce(ReduceOp::Sum),
+            len: 64,
+        };
+        let mut request = request_head(own.kind, 64, 256);
+        request.extend_from_slice(&[3u8; 256]);
+        let mut gather = request_head(OpKind::AllGatherBytes, 100, 100);
+        gather.extend_from_slice(&[5u8; 100]);
+        let report = fuzz(
+            "collective request",
+            &[request, gather],
+            &fuzz_config(2),
+            |bytes| {
+                through_socket(&listener, bytes, |s| {
+                    read_request(s, Instant::now() + short, short, 1, own)
+                })
+            },
+        );
+        println!("{report}");
+
+        let mut ok = vec![0u8];
+        ok.extend_from_slice(&256u64.to_le_bytes());
+        ok.extend_from_slice(&[1u8; 256]);
+        let err = encode_error(&DistributedError::SizeMismatch("sizes differ".into()));
+        let report = fuzz("collective result", &[ok, err], &fuzz_config(3), |bytes| {
+            through_socket(&listener, bytes, |s| {
+                let expected = if bytes.len() % 2 == 0 {
+                    Some(256)
+                } else {
+                    None
+                };
+                read_response(s, Instant::now() + short, short, expected, "rank 1")
+            })
+        });
+        println!("{report}");
+    }
+
     #[test]
     fn f32_bytes_round_trip() {
         let x = [1.5f32, -0.0, f32::MAX, 3.25e-7];

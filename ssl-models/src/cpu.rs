@@ -1,12 +1,12 @@
 //! Which matrix-product kernels the CPU (Flex) backend runs on this machine.
 //!
 //! burn's Flex backend multiplies matrices, and so runs every convolution after its im2col, with
-//! the `gemm` crate. With burn's `x86-v4` feature (on in this workspace) gemm carries AVX-512
-//! kernels beside its AVX2/FMA ones and picks between them **at run time**, once per process:
-//! gemm-common 0.19's `init_gemm_fn` takes the AVX-512 kernels when
-//! `is_x86_feature_detected!("avx512f")`, else the FMA (AVX2) ones when `fma` is detected, else
-//! scalar code; on aarch64 NEON. So one binary runs on AVX-512 and AVX2-only CPUs alike.
-//! [`matmul_isa`] repeats that decision, for logs and benchmarks.
+//! the `gemm` crate, which picks its kernels **at run time**, once per process: gemm-common
+//! 0.19's `init_gemm_fn` takes the FMA (AVX2) kernels when `is_x86_feature_detected!("fma")`,
+//! else scalar code; on aarch64 NEON. Built with this crate's `avx512` feature (burn's `x86-v4`,
+//! off by default) gemm also carries AVX-512 kernels and takes them first when `avx512f` is
+//! detected; the same binary still runs on AVX2-only CPUs. [`matmul_isa`] repeats that decision,
+//! for logs and benchmarks (it assumes burn's `x86-v4` is on exactly when `avx512` is).
 
 /// The instruction set of gemm's matrix kernels on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +40,11 @@ impl std::fmt::Display for MatmulIsa {
 }
 
 /// The kernels gemm chooses on this CPU (the same tests, in the same order, as gemm-common
-/// 0.19's `init_gemm_fn` with the `x86-v4` feature).
+/// 0.19's `init_gemm_fn`).
 pub fn matmul_isa() -> MatmulIsa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
             return MatmulIsa::Avx512;
         }
         if std::arch::is_x86_feature_detected!("fma") {
