@@ -13,7 +13,9 @@ use burn::module::{
     ModuleVisitor, Param, ParamId,
 };
 use burn::prelude::*;
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::module::batch_norm;
+
+use crate::kernels::batchnorm::batch_norm_train;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the tensor inside
@@ -340,21 +342,22 @@ impl BatchNorm2d {
         }
         let [b, _, h, w] = x.dims();
         let n = (b * h * w) as f64;
-        let out = batch_norm_train(x, self.weight.val(), self.bias.val(), self.eps);
+        let (output, mean, variance) =
+            batch_norm_train(x, self.weight.val(), self.bias.val(), self.eps);
         let m = self.momentum;
         // PyTorch: running_var uses the unbiased estimate var * n / (n - 1).
         let unbiased = n / (n - 1.0).max(1.0);
         let rm = self.running_mean.value();
         self.running_mean
-            .set(rm.mul_scalar(1.0 - m).add(out.mean.mul_scalar(m)).detach());
+            .set(rm.mul_scalar(1.0 - m).add(mean.mul_scalar(m)).detach());
         let rv = self.running_var.value();
         self.running_var.set(
             rv.mul_scalar(1.0 - m)
-                .add(out.variance.mul_scalar(m * unbiased))
+                .add(variance.mul_scalar(m * unbiased))
                 .detach(),
         );
         self.num_batches_tracked.increment();
-        out.output
+        output
     }
 }
 

@@ -52,6 +52,7 @@ pub mod batchnorm;
 pub mod classifier;
 pub mod cpu;
 pub mod error;
+pub mod kernels;
 pub mod mhcl_encoder;
 pub mod resnet;
 mod transparent;

@@ -1,0 +1,74 @@
+//! The hand-written Flex kernels against burn's tensor path, on random shapes: values, batch
+//! statistics and gradients.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use proptest::prelude::*;
+use ssl_models::kernels::batchnorm::batch_norm_train;
+
+fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+    a.sub(b).abs().max().into_scalar::<f32>() / scale
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn fused_batch_norm_matches_burn_in_values_statistics_and_gradients(
+        n in 1usize..5, c in 1usize..9, h in 1usize..7, w in 1usize..7,
+        offset in -4.0f64..4.0, scale in 0.1f64..3.0, seed in any::<u64>(),
+    ) {
+        prop_assume!(n * h * w > 1);
+        let device = Device::flex().autodiff();
+        device.seed(seed);
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(offset, scale), &device);
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
+        let r = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let eps = 1e-5;
+
+        let (x1, g1, b1) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+        let (y1, m1, v1) = batch_norm_train(x1.clone(), g1.clone(), b1.clone(), eps);
+        let grads1 = y1.clone().mul(r.clone()).sum().backward();
+
+        let (x2, g2, b2) = (x.require_grad(), gamma.require_grad(), beta.require_grad());
+        let reference = burn::tensor::module::batch_norm_train(x2.clone(), g2.clone(), b2.clone(), eps);
+        let grads2 = reference.output.clone().mul(r).sum().backward();
+
+        prop_assert!(max_rel_diff(y1.inner(), reference.output.inner()) < 2e-5);
+        prop_assert!(max_rel_diff(m1.inner(), reference.mean.inner()) < 2e-5);
+        prop_assert!(max_rel_diff(v1.inner(), reference.variance.inner()) < 5e-5);
+        let dx = max_rel_diff(x1.grad(&grads1).unwrap(), x2.grad(&grads2).unwrap());
+        let dg = max_rel_diff(g1.grad(&grads1).unwrap(), g2.grad(&grads2).unwrap());
+        let db = max_rel_diff(b1.grad(&grads1).unwrap(), b2.grad(&grads2).unwrap());
+        prop_assert!(dx < 1e-4, "dx {dx}");
+        prop_assert!(dg < 1e-4, "dgamma {dg}");
+        prop_assert!(db < 1e-5, "dbeta {db}");
+    }
+}
+
+#[test]
+fn fused_batch_norm_runs_without_autodiff_and_on_non_contiguous_input() {
+    let device = Device::flex();
+    let x = Tensor::<4>::random([3, 4, 5, 6], Distribution::Normal(1.0, 2.0), &device);
+    let xt = x.clone().swap_dims(2, 3); // a strided view
+    let gamma = Tensor::<1>::ones([4], &device);
+    let beta = Tensor::<1>::zeros([4], &device);
+    let (y, _, _) = batch_norm_train(xt.clone(), gamma.clone(), beta.clone(), 1e-5);
+    let want = burn::tensor::module::batch_norm_train(xt, gamma, beta, 1e-5).output;
+    assert!(max_rel_diff(y, want) < 2e-5);
+}
+
+#[test]
+fn other_dtypes_take_burns_path() {
+    let device = Device::flex();
+    let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Default, &device)
+        .cast(burn::tensor::DType::F16);
+    let gamma = Tensor::<1>::ones([3], &device).cast(burn::tensor::DType::F16);
+    let beta = Tensor::<1>::zeros([3], &device).cast(burn::tensor::DType::F16);
+    let (y, m, v) = batch_norm_train(x, gamma, beta, 1e-5);
+    assert_eq!(y.dims(), [2, 3, 4, 4]);
+    assert_eq!((m.dims(), v.dims()), ([3], [3]));
+    assert_eq!(y.dtype(), burn::tensor::DType::F16);
+}
