@@ -72,3 +72,37 @@ fn other_dtypes_take_burns_path() {
     assert_eq!((m.dims(), v.dims()), ([3], [3]));
     assert_eq!(y.dtype(), burn::tensor::DType::F16);
 }
+
+#[test]
+fn fused_batch_norm_feeding_a_convolution_directly_has_burns_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(0.5, 1.5), &device);
+    let gamma = Tensor::<1>::random([3], Distribution::Normal(1.0, 0.5), &device);
+    let beta = Tensor::<1>::random([3], Distribution::Normal(0.0, 0.5), &device);
+    let weight = Tensor::<4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 0.5), &device);
+    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let run = |fused: bool| {
+        let (x, g, w) = (
+            x.clone().require_grad(),
+            gamma.clone().require_grad(),
+            weight.clone().require_grad(),
+        );
+        let y = if fused {
+            batch_norm_train(x.clone(), g.clone(), beta.clone(), 1e-5).0
+        } else {
+            burn::tensor::module::batch_norm_train(x.clone(), g.clone(), beta.clone(), 1e-5).output
+        };
+        let z = burn::tensor::module::conv2d(y, w.clone(), None, opts.clone());
+        let grads = z.clone().mul(z).sum().backward();
+        (
+            x.grad(&grads).unwrap(),
+            g.grad(&grads).unwrap(),
+            w.grad(&grads).unwrap(),
+        )
+    };
+    let (a, b) = (run(true), run(false));
+    assert!(max_rel_diff(a.0, b.0) < 1e-4, "dx");
+    assert!(max_rel_diff(a.1, b.1) < 1e-4, "dgamma");
+    assert!(max_rel_diff(a.2, b.2) < 1e-4, "dweight");
+}
