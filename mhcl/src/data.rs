@@ -49,19 +49,38 @@ pub fn open_split_checked(
     Ok(folder)
 }
 
-/// Names of the images `folder`'s pre-scan dropped and `loader` skipped, each once.
-pub fn skipped_images(folder: &ImageFolder, loader: &Loader) -> Vec<String> {
-    let mut out: Vec<String> = folder
-        .skipped()
-        .iter()
-        .map(|(p, why)| format!("{}: {why}", p.display()))
-        .collect();
-    for e in loader.skipped_errors() {
-        if !out.contains(&e) {
-            out.push(e);
+/// The images the pre-scans dropped and the loaders skipped, over `(folder, its loader)`
+/// pairs, each `path: reason` once.
+pub fn skipped_images(sources: &[(&ImageFolder, &Loader)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (folder, loader) in sources {
+        let prescan = folder
+            .skipped()
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.display()));
+        for e in prescan.chain(loader.skipped_errors()) {
+            if !out.contains(&e) {
+                out.push(e);
+            }
         }
     }
     out
+}
+
+/// Prints the images `loader` dropped when loading since the last report (`--skip-corrupt`;
+/// those of a pre-scan were named when the folder was opened); `reported` counts them.
+pub fn report_skipped(what: &str, loader: &Loader, reported: &mut usize) {
+    let total = loader.skipped();
+    if total > *reported {
+        let errors = loader.skipped_errors();
+        let new = errors.get(*reported..).unwrap_or_default();
+        println!(
+            "=> {what}: skipped {} unreadable images (--skip-corrupt, {total} so far): {}",
+            total - *reported,
+            new.join("; ")
+        );
+        *reported = total;
+    }
 }
 
 /// Opens `DATA/<split>` as an ImageFolder, with a message naming the expected layout.

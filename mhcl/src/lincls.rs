@@ -743,20 +743,11 @@ fn run_rank(args: &LinclsArgs, ctx: &RankCtx) -> Result<LinclsSummary> {
         val_set.len(),
         t_run,
     );
-    summary.skipped_images = data::skipped_images(&train_set, &train_loader);
-    for e in data::skipped_images(&val_set, &val_loader) {
-        if !summary.skipped_images.contains(&e) {
-            summary.skipped_images.push(e);
-        }
-    }
+    summary.skipped_images =
+        data::skipped_images(&[(&*train_set, &train_loader), (&*val_set, &val_loader)]);
     if main {
-        if !summary.skipped_images.is_empty() {
-            println!(
-                "=> skipped {} unreadable images (--skip-corrupt): {}",
-                summary.skipped_images.len(),
-                summary.skipped_images.join("; ")
-            );
-        }
+        data::report_skipped("train/", &train_loader, &mut 0);
+        data::report_skipped("val/", &val_loader, &mut 0);
         write_summary(&args.output_dir, &summary)?;
         if !history.is_empty() {
             crate::plot::lincls_curves(&args.output_dir.join(CURVES_FILE), &history)?;

@@ -277,21 +277,6 @@ fn load_metrics(path: &Path, start_epoch: usize) -> Vec<EpochMetrics> {
         .unwrap_or_default()
 }
 
-/// Prints the images the loader dropped since the last report (`--skip-corrupt`).
-fn report_skipped(epoch: usize, loader: &ssl_augment::Loader, reported: &mut usize) {
-    let errors = loader.skipped_errors();
-    let total = loader.skipped();
-    if total > *reported {
-        let new = errors.get(*reported..).unwrap_or_default();
-        println!(
-            "=> epoch {epoch}: skipped {} unreadable images (--skip-corrupt, {total} so far): {}",
-            total - *reported,
-            new.join("; ")
-        );
-        *reported = total;
-    }
-}
-
 fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
     let json = serde_json::to_vec_pretty(metrics)
         .map_err(|e| MhclError::Component(format!("metrics JSON: {e}")))?;
@@ -721,9 +706,9 @@ fn pretrain_rank(args: &PretrainArgs, ctx: &RankCtx) -> Result<PretrainOutcome> 
             seconds,
             wall_time: t_run.elapsed().as_secs_f64(),
             knn: None,
-            skipped_images: data::skipped_images(&train_set, &loader),
+            skipped_images: data::skipped_images(&[(&*train_set, &loader)]),
         };
-        report_skipped(epoch, &loader, &mut skipped_reported);
+        data::report_skipped(&format!("epoch {epoch}"), &loader, &mut skipped_reported);
         let last = epoch + 1 == args.epochs;
         if let Some(val_set) = &knn_sets
             && ((epoch + 1) % args.knn_every == 0 || last)

@@ -1,7 +1,8 @@
 //! `Checkpoint::read` on damaged training checkpoints: a small checkpoint as `mhcl pretrain`
 //! writes it (tensors, the JSON metadata of the run, the RNG state) is mutated and truncated,
 //! and reading must give the checkpoint or one error — no panic, no input slower than 5 s, no
-//! allocation above 64 MiB + 16 x the file's size (`ssl_conformance::fuzz`).
+//! allocation above 64 MiB + 16 x the file's size (`ssl_conformance::fuzz`). `SSL_FUZZ_INPUTS`
+//! (default 5000) and `SSL_FUZZ_SECONDS` (default 10) set how long it runs.
 
 use std::time::Duration;
 
@@ -35,7 +36,8 @@ fn checkpoint_reader_refuses_damaged_files_without_panicking() {
         max_inputs: 5000,
         max_time: Duration::from_secs(10),
         ..FuzzConfig::default()
-    };
+    }
+    .with_env_overrides();
     let report = fuzz("mhcl checkpoint", &corpus, &config, |bytes| {
         std::fs::write(&scratch, bytes).map_err(|e| e.to_string())?;
         Checkpoint::read(&scratch)

@@ -60,19 +60,21 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if format == image::ImageFormat::Jpeg {
         return decode_jpeg_libjpeg(bytes).map_err(|message| decode_err(path, message));
     }
-    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let (w, h) = reader()
-        .into_dimensions()
-        .map_err(|e| decode_err(path, e.to_string()))?;
-    check_pixels(w as usize, h as usize).map_err(|message| decode_err(path, message))?;
-    let mut reader = reader();
+    use image::ImageDecoder;
     let mut limits = image::Limits::default();
     // the largest buffer a picture within the pixel limit needs: 4 channels of 16 bits
     limits.max_alloc = Some(MAX_IMAGE_PIXELS as u64 * 8);
-    reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|e| decode_err(path, e.to_string()))?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    reader.limits(limits.clone());
+    let err = |e: image::ImageError| decode_err(path, e.to_string());
+    // one header parse: the size is checked on the decoder that then decodes
+    let mut decoder = reader.into_decoder().map_err(err)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w as usize, h as usize).map_err(|message| decode_err(path, message))?;
+    // as `ImageReader::decode`: the pixels count against the limit, the decoder gets the rest
+    limits.reserve(decoder.total_bytes()).map_err(err)?;
+    decoder.set_limits(limits).map_err(err)?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(err)?;
     if img.width() == 0 || img.height() == 0 {
         return Err(decode_err(path, "image has no pixel"));
     }

@@ -36,13 +36,6 @@ fn encoded(format: image::ImageFormat) -> Vec<u8> {
     bytes
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn decode_image_refuses_damaged_files_without_panicking() {
     use image::ImageFormat::*;
@@ -58,13 +51,14 @@ fn decode_image_refuses_damaged_files_without_panicking() {
     {
         let path = format!("damaged.{ext}");
         let config = FuzzConfig {
-            max_inputs: env("SSL_FUZZ_INPUTS", 5000) as usize,
-            max_time: Duration::from_secs(env("SSL_FUZZ_SECONDS", 8)),
+            max_inputs: 5000,
+            max_time: Duration::from_secs(8),
             // 16-bit RGBA at the bomb limit, the largest buffer a decoder may ask for
             alloc_fixed: MAX_IMAGE_PIXELS * 8 + (64 << 20),
             seed: i as u64 + 1,
             ..FuzzConfig::default()
-        };
+        }
+        .with_env_overrides();
         let report = fuzz(
             &format!("decode_image {ext}"),
             &[encoded(format)],

@@ -224,6 +224,25 @@ impl Default for FuzzConfig {
     }
 }
 
+impl FuzzConfig {
+    /// This config with `SSL_FUZZ_INPUTS` (inputs) and `SSL_FUZZ_SECONDS` (wall time) taken from
+    /// the environment where they are set: one way to run every fuzz test longer or shorter.
+    pub fn with_env_overrides(mut self) -> Self {
+        let env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let Some(n) = env("SSL_FUZZ_INPUTS") {
+            self.max_inputs = n as usize;
+        }
+        if let Some(s) = env("SSL_FUZZ_SECONDS") {
+            self.max_time = Duration::from_secs(s);
+        }
+        self
+    }
+}
+
 /// What a fuzz run tried.
 #[derive(Debug, Clone)]
 pub struct FuzzReport {

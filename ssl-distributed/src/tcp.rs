@@ -1285,6 +1285,7 @@ mod tests {
             slow_input: Duration::from_secs(2),
             seed,
         }
+        .with_env_overrides()
     }
 
     #[test]

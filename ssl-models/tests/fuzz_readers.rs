@@ -18,18 +18,13 @@ use ssl_models::weights::{read_pytorch, read_safetensors};
 static ALLOC: CountingAlloc = CountingAlloc;
 
 fn config(seed: u64) -> FuzzConfig {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     FuzzConfig {
-        max_inputs: env("SSL_FUZZ_INPUTS", 3000) as usize,
-        max_time: Duration::from_secs(env("SSL_FUZZ_SECONDS", 12)),
+        max_inputs: 3000,
+        max_time: Duration::from_secs(12),
         seed,
         ..FuzzConfig::default()
     }
+    .with_env_overrides()
 }
 
 fn fixture(name: &str) -> PathBuf {

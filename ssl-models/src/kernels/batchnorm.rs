@@ -80,6 +80,22 @@ fn values(t: &FlexTensor) -> &[f32] {
         .expect("f32 values, made contiguous first")
 }
 
+/// A new f32 tensor of `like`'s shape, written plane by plane in parallel: `fill(block, channel,
+/// out)` gets the `block`-th `(n, c)` plane (`plane` values, channel `block % c`).
+fn map_planes(
+    like: &FlexTensor,
+    c: usize,
+    plane: usize,
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) -> FlexTensor {
+    let mut out = FlexTensor::empty(like.layout().shape().clone(), DType::F32);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(block, values)| fill(block, block % c, values));
+    out
+}
+
 /// Per channel `(mean, biased variance)` of `x (N, C, plane)`, in f64.
 fn statistics(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<(f64, f64)> {
     (0..c)
@@ -125,21 +141,16 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, epsilon: f64) 
         .map(|&(_, v)| (1.0 / (v + epsilon).sqrt()) as f32)
         .collect();
     let mean: Vec<f32> = stats.iter().map(|&(m, _)| m as f32).collect();
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-    out.storage_mut::<f32>()
-        .par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(block, ys)| {
-            let ch = block % c;
-            let (m, scale) = (mean[ch], invstd[ch] * gs[ch]);
-            let shift = bs[ch] - m * scale;
-            let xb = &xs[block * plane..][..plane];
-            for (y, &v) in ys.iter_mut().zip(xb) {
-                *y = v * scale + shift;
-            }
-        });
+    let output = map_planes(&x, c, plane, |block, ch, ys| {
+        let (m, scale) = (mean[ch], invstd[ch] * gs[ch]);
+        let shift = bs[ch] - m * scale;
+        let xb = &xs[block * plane..][..plane];
+        for (y, &v) in ys.iter_mut().zip(xb) {
+            *y = v * scale + shift;
+        }
+    });
     Forward {
-        output: out,
+        output,
         variance: stats.iter().map(|&(_, v)| v as f32).collect(),
         mean,
         invstd,
@@ -174,27 +185,22 @@ fn backward(
         })
         .collect();
     let count = (n * plane) as f64;
-    let mut dx = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-    dx.storage_mut::<f32>()
-        .par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(block, out)| {
-            let ch = block % c;
-            let is = f64::from(invstd[ch]);
-            let (sdy, sdyx) = sums[ch];
-            let k = (is * f64::from(gs[ch])) as f32;
-            let mean_dy = (sdy / count) as f32;
-            let proj = (is * is * sdyx / count) as f32;
-            let m = mean[ch];
-            let off = block * plane;
-            for ((o, &v), &g) in out
-                .iter_mut()
-                .zip(&xs[off..][..plane])
-                .zip(&dys[off..][..plane])
-            {
-                *o = k * (g - mean_dy - (v - m) * proj);
-            }
-        });
+    let dx = map_planes(&x, c, plane, |block, ch, out| {
+        let is = f64::from(invstd[ch]);
+        let (sdy, sdyx) = sums[ch];
+        let k = (is * f64::from(gs[ch])) as f32;
+        let mean_dy = (sdy / count) as f32;
+        let proj = (is * is * sdyx / count) as f32;
+        let m = mean[ch];
+        let off = block * plane;
+        for ((o, &v), &g) in out
+            .iter_mut()
+            .zip(&xs[off..][..plane])
+            .zip(&dys[off..][..plane])
+        {
+            *o = k * (g - mean_dy - (v - m) * proj);
+        }
+    });
     let dgamma: Vec<f32> = sums
         .iter()
         .zip(invstd)
