@@ -99,13 +99,13 @@ fn demo() -> Result<()> {
     let Command::Pretrain(pre) = run(&argv)? else {
         bail!("expected pretrain")
     };
-    let outcome = mhcl::train::pretrain(&pre)?;
+    let outcome = mhcl::cli::pretrain(&pre)?;
     let ckpt = outcome
         .last_checkpoint
         .context("pretraining wrote no checkpoint")?;
     let ckpt_s = ckpt.to_string_lossy().into_owned();
 
-    let probe = |pretrained: Option<&str>, out: &str| -> Result<mhcl::lincls::LinclsSummary> {
+    let probe = |pretrained: Option<&str>, out: &str| -> Result<mhcl::metrics::LinclsSummary> {
         let out = root.join(out).to_string_lossy().into_owned();
         let mut argv = vec!["mhcl", "lincls", data_s.as_str()];
         argv.extend_from_slice(&common);
@@ -129,7 +129,7 @@ fn demo() -> Result<()> {
         let Command::Lincls(args) = run(&argv)? else {
             bail!("expected lincls")
         };
-        Ok(mhcl::lincls::run(&args)?)
+        Ok(mhcl::cli::lincls(&args)?)
     };
     println!("\n== linear probe of the MHCL encoder ==");
     let pretrained = probe(Some(&ckpt_s), "lincls_mhcl")?;

@@ -34,7 +34,7 @@ use burn::prelude::*;
 use mhcl::model::{Mhcl, MhclConfig};
 use mhcl::optim::{Sgd, SgdConfig};
 use mhcl::precision::Precision;
-use mhcl::train::step_rng;
+use mhcl::rng::step_rng;
 use ssl_models::Arch;
 
 /// Profiled steps after the timed ones with `--profile`.

@@ -14,9 +14,9 @@
 //! * `--dir`: the vector directory; default `$SSL_CONFORMANCE_DIR`, else `tests/conformance`
 //!   under the current directory, else the workspace's committed copy.
 //! * `--curve-steps N` (default 300; 0 skips): also trains the small model of
-//!   `mhcl::precision::loss_curve` for N steps in f32 and in bf16 on the device and checks that
+//!   `mhcl::curves::loss_curve` for N steps in f32 and in bf16 on the device and checks that
 //!   the bf16 curve follows the f32 one (25-step window means within 8 % + 0.02,
-//!   `mhcl::precision::compare_curves`). Devices
+//!   `mhcl::curves::compare_curves`). Devices
 //!   without bf16 report `UNSUPPORTED` for that case.
 //! * `--json PATH`: also writes the results as JSON.
 //!
@@ -37,9 +37,10 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Gradients;
+use mhcl::curves::{CurveConfig, compare_curves, loss_curve};
 use mhcl::device::{catch_silent, one_line, parse_device};
 use mhcl::optim::SgdConfig;
-use mhcl::precision::{CurveConfig, Precision, compare_curves, loss_curve};
+use mhcl::precision::Precision;
 use ssl_conformance::{Case, ConformanceSet, compare};
 use ssl_losses::{
     HardFeatureLossConfig, HardMixing, InfoNceLoss, cross_entropy, hard_features, mixed_queue,
@@ -479,7 +480,7 @@ fn sgd_case(set: &ConformanceSet, device: &Device) -> Outcome {
     c.outcome()
 }
 
-/// bf16 training follows f32 (see `mhcl::precision::loss_curve`).
+/// bf16 training follows f32 (see `mhcl::curves::loss_curve`).
 fn bf16_curve_case(device: &Device, steps: usize) -> Outcome {
     if let Err(e) = Precision::Bf16.check_device(device) {
         return Outcome {

@@ -12,7 +12,7 @@
 //!
 //! The safetensors header's `__metadata__` holds `format` (`mhcl-checkpoint`), `format_version`,
 //! `epoch`, `arch` and `meta`: the JSON of [`CheckpointMeta`] (epoch, iteration, model
-//! description, the run's arguments and the random-number state). See `docs/checkpoint-format.md`.
+//! description, the run's configuration and the random-number state). See `docs/checkpoint-format.md`.
 //!
 //! ```
 //! use mhcl::checkpoint::{Checkpoint, CheckpointMeta, RawTensor};
@@ -87,7 +87,14 @@ pub struct CheckpointMeta {
     pub model: Option<ModelMeta>,
     /// Random-number state.
     pub rng: RngState,
-    /// The run's arguments as JSON (flag name -> value).
+    /// The run's configuration (`PretrainConfig` / `LinclsConfig` of the `config` module) as
+    /// JSON. Null in checkpoints of format 1 before configs
+    /// existed, which stored `args` instead.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// The command-line arguments (flag name -> value) of checkpoints written before `config`;
+    /// kept so that they still load. Null in newer ones.
+    #[serde(default)]
     pub args: serde_json::Value,
     /// Writer, e.g. `mhcl 0.1.0`.
     pub writer: String,
@@ -109,6 +116,7 @@ impl CheckpointMeta {
             arch: arch.to_string(),
             model: None,
             rng: RngState { seed: 0, step: 0 },
+            config: serde_json::Value::Null,
             args: serde_json::Value::Null,
             writer: format!("mhcl {}", env!("CARGO_PKG_VERSION")),
             kind: String::new(),
@@ -163,7 +171,7 @@ impl Checkpoint {
     /// The `__metadata__` entries written with the tensors.
     pub fn metadata(&self) -> Result<BTreeMap<String, String>> {
         let meta_json = serde_json::to_string(&self.meta)
-            .map_err(|e| MhclError::Component(format!("checkpoint metadata: {e}")))?;
+            .expect("checkpoint metadata is plain JSON (strings, numbers, maps)");
         Ok(BTreeMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("format_version".to_string(), FORMAT_VERSION.to_string()),

@@ -21,32 +21,30 @@ pub struct ImageChecks {
     pub skip_corrupt: bool,
 }
 
-/// Opens `DATA/<split>` with `checks`, and prints the images a pre-scan dropped (with
-/// `--skip-corrupt --verify-images`), naming each.
-pub fn open_split_checked(
-    data: &Path,
-    split: &str,
-    checks: ImageChecks,
-    report: bool,
-) -> Result<ImageFolder> {
+/// Opens `DATA/<split>` with `checks`.
+pub fn open_split_checked(data: &Path, split: &str, checks: ImageChecks) -> Result<ImageFolder> {
     let options = ImageFolderOptions::default()
         .with_verify(checks.verify)
         .with_skip_corrupt(checks.skip_corrupt);
-    let folder = open_split_with(data, split, &options)?;
-    if report && !folder.skipped().is_empty() {
-        println!(
+    open_split_with(data, split, &options)
+}
+
+/// The line naming the images a pre-scan of `folder` dropped (`--skip-corrupt
+/// --verify-images`), if any.
+pub fn prescan_notice(folder: &ImageFolder) -> Option<String> {
+    (!folder.skipped().is_empty()).then(|| {
+        format!(
             "=> skipped {} unreadable images in {} (--skip-corrupt): {}",
             folder.skipped().len(),
-            data.join(split).display(),
+            folder.root().display(),
             folder
                 .skipped()
                 .iter()
                 .map(|(p, why)| format!("{} ({why})", p.display()))
                 .collect::<Vec<_>>()
                 .join("; ")
-        );
-    }
-    Ok(folder)
+        )
+    })
 }
 
 /// The images the pre-scans dropped and the loaders skipped, over `(folder, its loader)`
@@ -67,20 +65,22 @@ pub fn skipped_images(sources: &[(&ImageFolder, &Loader)]) -> Vec<String> {
     out
 }
 
-/// Prints the images `loader` dropped when loading since the last report (`--skip-corrupt`;
-/// those of a pre-scan were named when the folder was opened); `reported` counts them.
-pub fn report_skipped(what: &str, loader: &Loader, reported: &mut usize) {
+/// The line naming the images `loader` dropped when loading since the last report
+/// (`--skip-corrupt`; those of a pre-scan are in [`prescan_notice`]); `reported` counts them.
+pub fn skipped_notice(what: &str, loader: &Loader, reported: &mut usize) -> Option<String> {
     let total = loader.skipped();
-    if total > *reported {
-        let errors = loader.skipped_errors();
-        let new = errors.get(*reported..).unwrap_or_default();
-        println!(
-            "=> {what}: skipped {} unreadable images (--skip-corrupt, {total} so far): {}",
-            total - *reported,
-            new.join("; ")
-        );
-        *reported = total;
+    if total <= *reported {
+        return None;
     }
+    let errors = loader.skipped_errors();
+    let new = errors.get(*reported..).unwrap_or_default();
+    let line = format!(
+        "=> {what}: skipped {} unreadable images (--skip-corrupt, {total} so far): {}",
+        total - *reported,
+        new.join("; ")
+    );
+    *reported = total;
+    Some(line)
 }
 
 /// Opens `DATA/<split>` as an ImageFolder, with a message naming the expected layout.

@@ -26,40 +26,141 @@ pub fn available() -> Vec<&'static str> {
     v
 }
 
+/// Which backend runs the model: `cpu` (alias `flex`), `cuda[:N]` or `vulkan[:N]`; in config
+/// files as that string.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceSpec {
+    /// The backend.
+    pub kind: DeviceKind,
+    /// GPU index (none: 0, or the local rank of a data-parallel rank).
+    pub index: Option<usize>,
+}
+
+/// The backends of [`DeviceSpec`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// burn's Flex CPU backend (always built).
+    #[default]
+    Cpu,
+    /// CUDA (feature `cuda`).
+    Cuda,
+    /// Vulkan through wgpu (feature `vulkan`).
+    Vulkan,
+}
+
+impl DeviceSpec {
+    /// The CPU.
+    pub const CPU: DeviceSpec = DeviceSpec {
+        kind: DeviceKind::Cpu,
+        index: None,
+    };
+
+    /// Opens the plain (non-autodiff) device. `rank_gpu` is the local rank of a data-parallel
+    /// rank: each rank takes GPU `local rank`, as the reference's `mp.spawn` gives each worker
+    /// its own GPU; a single process takes `index` (default 0).
+    ///
+    /// # Errors
+    /// A one-line error when this build lacks the backend or the GPU cannot be opened
+    /// ([`probe`]).
+    pub fn open(&self, rank_gpu: Option<usize>) -> Result<Device> {
+        #[allow(unused_variables)]
+        let index = rank_gpu.or(self.index).unwrap_or(0);
+        #[allow(unused_variables)]
+        let spec = self.to_string();
+        match self.kind {
+            DeviceKind::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => opened(Device::cuda(index), "cuda", &spec),
+            #[cfg(feature = "vulkan")]
+            DeviceKind::Vulkan => opened(
+                Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)),
+                "vulkan",
+                &spec,
+            ),
+            #[allow(unreachable_patterns)] // reached for the backends this build lacks
+            _ => {
+                let kind = if self.kind == DeviceKind::Cuda {
+                    "cuda"
+                } else {
+                    "vulkan"
+                };
+                Err(MhclError::arg(format!(
+                    "this build has no `{kind}` backend; rebuild with `--features {kind}` (available: {})",
+                    available().join(", ")
+                )))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = MhclError;
+
+    /// `cpu`, `flex`, `cuda`, `cuda:N`, `vulkan`, `vulkan:N`.
+    fn from_str(spec: &str) -> Result<Self> {
+        let (kind, index) = match spec.split_once(':') {
+            Some((k, i)) => {
+                let i: usize = i
+                    .parse()
+                    .map_err(|_| MhclError::arg(format!("invalid device index in `{spec}`")))?;
+                (k, Some(i))
+            }
+            None => (spec, None),
+        };
+        let kind = match kind {
+            "cpu" | "flex" => DeviceKind::Cpu,
+            "cuda" => DeviceKind::Cuda,
+            "vulkan" => DeviceKind::Vulkan,
+            other => {
+                return Err(MhclError::arg(format!(
+                    "unknown device `{other}` (available: {})",
+                    available().join(", ")
+                )));
+            }
+        };
+        Ok(DeviceSpec { kind, index })
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.kind {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Vulkan => "vulkan",
+        })?;
+        match self.index {
+            Some(i) => write!(f, ":{i}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = MhclError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
 /// Parses `--device` (plus `--gpu N`, which picks the index when the spec names none) into the
 /// plain (non-autodiff) device.
 pub fn parse_device(spec: &str, gpu: Option<usize>) -> Result<Device> {
-    let (kind, index) = match spec.split_once(':') {
-        Some((k, i)) => {
-            let i: usize = i
-                .parse()
-                .map_err(|_| MhclError::arg(format!("invalid device index in `{spec}`")))?;
-            (k, Some(i))
-        }
-        None => (spec, gpu),
-    };
-    #[allow(unused_variables)]
-    let index = index.unwrap_or(0);
-    match kind {
-        "cpu" | "flex" => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        "cuda" => opened(Device::cuda(index), kind, spec),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => opened(
-            Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)),
-            kind,
-            spec,
-        ),
-        #[allow(unreachable_patterns)] // reached for the backends this build lacks
-        "cuda" | "vulkan" => Err(MhclError::arg(format!(
-            "this build has no `{kind}` backend; rebuild with `--features {kind}` (available: {})",
-            available().join(", ")
-        ))),
-        other => Err(MhclError::arg(format!(
-            "unknown device `{other}` (available: {})",
-            available().join(", ")
-        ))),
+    let spec: DeviceSpec = spec.parse()?;
+    DeviceSpec {
+        index: spec.index.or(gpu),
+        ..spec
     }
+    .open(None)
 }
 
 /// `device` after a successful [`probe`], else the one-line error for `kind` (`cuda`, `vulkan`).

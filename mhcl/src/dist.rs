@@ -28,9 +28,11 @@ use ssl_distributed::{
     DEFAULT_TIMEOUT, DistBackend, DistToken, DistUrl, ENV_LOCAL_WORLD_SIZE, ENV_WORLD_SIZE,
     ProcessGroup, ReduceOp, RendezvousConfig, SpawnConfig, WorkerLayout,
 };
-use ssl_models::weights::{RawData, RawTensor, TensorMap};
+#[cfg(test)]
+use ssl_models::weights::RawTensor;
+use ssl_models::weights::TensorMap;
 
-use crate::cli::{LinclsArgs, PretrainArgs};
+use crate::config::DistConfig;
 use crate::error::{MhclError, Result};
 
 /// Environment variable of the reference's `env://` launch style naming this node's rank when
@@ -41,59 +43,16 @@ fn arg<E: std::fmt::Display>(e: E) -> MhclError {
     MhclError::arg(e.to_string())
 }
 
-/// The distributed flags shared by `pretrain` and `lincls`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DistFlags {
-    /// `--world-size`: nodes with `--multiprocessing-distributed`, else processes; -1: unset.
-    pub world_size: i64,
-    /// `--rank`: node rank with `--multiprocessing-distributed`, else process rank; -1: unset.
-    pub rank: i64,
-    /// `--dist-url`.
-    pub dist_url: String,
-    /// `--dist-token` / `MHCL_DIST_TOKEN`.
-    pub dist_token: Option<String>,
-    /// `--dist-backend`.
-    pub dist_backend: String,
-    /// `--multiprocessing-distributed`.
-    pub multiprocessing_distributed: bool,
-    /// `--nproc-per-node` (default: visible GPUs, at least 1).
-    pub nproc_per_node: Option<usize>,
-    /// `--batch-size`: the total of one node.
+/// What [`plan`] decides from: the data-parallel settings and the node's batch and loader
+/// threads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchRequest {
+    /// `dist` of the run's config.
+    pub dist: DistConfig,
+    /// `training.batch_size`: the total of one node.
     pub batch_size: usize,
-    /// `--workers`: the total of one node.
+    /// `data.workers`: the total of one node.
     pub workers: usize,
-}
-
-impl From<&PretrainArgs> for DistFlags {
-    fn from(a: &PretrainArgs) -> Self {
-        DistFlags {
-            world_size: a.world_size,
-            rank: a.rank,
-            dist_url: a.dist_url.clone(),
-            dist_token: a.dist_token.clone(),
-            dist_backend: a.dist_backend.clone(),
-            multiprocessing_distributed: a.multiprocessing_distributed,
-            nproc_per_node: a.nproc_per_node,
-            batch_size: a.batch_size,
-            workers: a.workers,
-        }
-    }
-}
-
-impl From<&LinclsArgs> for DistFlags {
-    fn from(a: &LinclsArgs) -> Self {
-        DistFlags {
-            world_size: a.world_size,
-            rank: a.rank,
-            dist_url: a.dist_url.clone(),
-            dist_token: a.dist_token.clone(),
-            dist_backend: a.dist_backend.clone(),
-            multiprocessing_distributed: a.multiprocessing_distributed,
-            nproc_per_node: a.nproc_per_node,
-            batch_size: a.batch_size,
-            workers: a.workers,
-        }
-    }
 }
 
 /// How a command runs, decided by [`plan`].
@@ -150,7 +109,7 @@ fn single_layout(batch_size: usize, workers: usize) -> WorkerLayout {
 /// Decides how the flags run, from this process's environment: whether it is a worker started
 /// by [`spawn`], the torchrun-style variables for `env://`, and the visible GPUs. Every error is
 /// found here, before any thread, process or socket is started.
-pub fn plan(flags: &DistFlags) -> Result<Launch> {
+pub fn plan(flags: &LaunchRequest) -> Result<Launch> {
     let worker = ssl_distributed::spawned_worker().map_err(arg)?;
     plan_with(
         flags,
@@ -163,24 +122,24 @@ pub fn plan(flags: &DistFlags) -> Result<Launch> {
 /// [`plan`] with the environment given: `worker` = `(local rank, processes on the node)` of a
 /// spawned worker, `env` reads variables, `gpus` = visible GPUs.
 pub fn plan_with(
-    flags: &DistFlags,
+    flags: &LaunchRequest,
     worker: Option<(usize, usize)>,
     env: &dyn Fn(&str) -> Option<String>,
     gpus: usize,
 ) -> Result<Launch> {
-    let backend = DistBackend::from_name(&flags.dist_backend).map_err(arg)?;
+    let backend = flags.dist.backend;
     if flags.batch_size == 0 {
-        return Err(MhclError::arg("--batch-size must be positive"));
+        return Err(MhclError::arg("training.batch_size must be positive"));
     }
-    if flags.nproc_per_node == Some(0) {
-        return Err(MhclError::arg("--nproc-per-node must be at least 1"));
+    if flags.dist.nproc_per_node == Some(0) {
+        return Err(MhclError::arg("dist.nproc_per_node must be at least 1"));
     }
-    let is_env = DistUrl::parse(&flags.dist_url).is_ok_and(|u| u == DistUrl::Env);
+    let is_env = DistUrl::parse(&flags.dist.url).is_ok_and(|u| u == DistUrl::Env);
     if let Some((local, nproc)) = worker {
         // a process started by `spawn`: its parent checked the flags already
         let (node, nodes) = node_rank(flags, is_env, env)?;
         let layout = worker_layout(flags, node, nodes, nproc, local)?;
-        let config = RendezvousConfig::new(flags.dist_url.clone())
+        let config = RendezvousConfig::new(flags.dist.url.clone())
             .with_rank(layout.rank)
             .with_world_size(layout.world_size)
             .with_token(token(flags)?);
@@ -190,21 +149,21 @@ pub fn plan_with(
             layout,
         });
     }
-    if flags.multiprocessing_distributed {
-        let nproc = flags.nproc_per_node.unwrap_or(gpus.max(1));
+    if flags.dist.multiprocessing {
+        let nproc = flags.dist.nproc_per_node.unwrap_or(gpus.max(1));
         let (node, nodes) = node_rank(flags, is_env, env)?;
         let layouts = (0..nproc)
             .map(|local| worker_layout(flags, node, nodes, nproc, local))
             .collect::<Result<Vec<_>>>()?;
         return match backend {
             DistBackend::Local if nodes > 1 => Err(MhclError::arg(format!(
-                "--dist-backend local runs its ranks as threads of one process on one node: \
-                 --world-size must be 1 or left out, got {nodes}"
+                "dist.backend local runs its ranks as threads of one process on one node: \
+                 dist.world_size must be 1 or left out, got {nodes}"
             ))),
             DistBackend::Local => Ok(Launch::Threads { layouts }),
             _ => {
                 check_available(backend)?;
-                DistUrl::parse(&flags.dist_url).map_err(arg)?;
+                DistUrl::parse(&flags.dist.url).map_err(arg)?;
                 Ok(Launch::Spawn {
                     nproc,
                     layout: layouts[0],
@@ -212,13 +171,13 @@ pub fn plan_with(
             }
         };
     }
-    if let Some(n) = flags.nproc_per_node.filter(|&n| n > 1) {
+    if let Some(n) = flags.dist.nproc_per_node.filter(|&n| n > 1) {
         return Err(MhclError::arg(format!(
-            "--nproc-per-node {n} needs --multiprocessing-distributed (it is the number of \
+            "dist.nproc_per_node {n} needs dist.multiprocessing (it is the number of \
              ranks that flag starts on this node)"
         )));
     }
-    let world = match flags.world_size {
+    let world = match flags.dist.world_size {
         -1 if is_env => match env(ENV_WORLD_SIZE) {
             Some(v) => v.trim().parse::<usize>().map_err(|_| {
                 MhclError::arg(format!(
@@ -231,35 +190,35 @@ pub fn plan_with(
         w if w >= 1 => w as usize,
         w => {
             return Err(MhclError::arg(format!(
-                "--world-size must be -1 (one process) or at least 1, got {w}"
+                "dist.world_size must be -1 (one process) or at least 1, got {w}"
             )));
         }
     };
-    let rank = match flags.rank {
+    let rank = match flags.dist.rank {
         -1 => None,
         r if r >= 0 => Some(r as usize),
         r => {
             return Err(MhclError::arg(format!(
-                "--rank must be -1 (unset) or at least 0, got {r}"
+                "dist.rank must be -1 (unset) or at least 0, got {r}"
             )));
         }
     };
     if world <= 1 {
         if let Some(r) = rank.filter(|&r| r >= world) {
             return Err(MhclError::arg(format!(
-                "--rank {r} is not below the world size {world}"
+                "dist.rank {r} is not below the world size {world}"
             )));
         }
         return Ok(Launch::Single);
     }
     if backend == DistBackend::Local {
         return Err(MhclError::arg(format!(
-            "--dist-backend local starts its ranks as threads of this process: use \
-             --multiprocessing-distributed --nproc-per-node N instead of --world-size {world}"
+            "dist.backend local starts its ranks as threads of this process: use \
+             dist.multiprocessing dist.nproc_per_node N instead of dist.world_size {world}"
         )));
     }
     check_available(backend)?;
-    let mut config = RendezvousConfig::new(flags.dist_url.clone())
+    let mut config = RendezvousConfig::new(flags.dist.url.clone())
         .with_world_size(world)
         .with_token(token(flags)?);
     if let Some(r) = rank {
@@ -276,7 +235,7 @@ pub fn plan_with(
     };
     if local_world > 0 && !flags.batch_size.is_multiple_of(local_world) {
         return Err(MhclError::arg(format!(
-            "--batch-size {} is not divisible by the {local_world} processes of this node \
+            "training.batch_size {} is not divisible by the {local_world} processes of this node \
              ({ENV_LOCAL_WORLD_SIZE}); each process takes batch / {local_world}",
             flags.batch_size
         )));
@@ -297,9 +256,9 @@ pub fn plan_with(
     })
 }
 
-/// `(node rank, nodes)` of a `--multiprocessing-distributed` run.
+/// `(node rank, nodes)` of a `dist.multiprocessing` run.
 fn node_rank(
-    flags: &DistFlags,
+    flags: &LaunchRequest,
     is_env: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(usize, usize)> {
@@ -312,23 +271,23 @@ fn node_rank(
                 _ => Ok(None),
             }
         };
-    let world = match flags.world_size {
+    let world = match flags.dist.world_size {
         -1 => from_env(ENV_WORLD_SIZE)?.unwrap_or(1),
         w => w,
     };
     if world < 1 {
         return Err(MhclError::arg(format!(
-            "--world-size (the number of nodes) must be at least 1, got {world}"
+            "dist.world_size (the number of nodes) must be at least 1, got {world}"
         )));
     }
     let nodes = world as usize;
-    let rank = match flags.rank {
+    let rank = match flags.dist.rank {
         -1 => match from_env(ENV_RANK)? {
             Some(r) => r,
             None if nodes == 1 => 0,
             None => {
                 return Err(MhclError::arg(format!(
-                    "--rank (the rank of this node) is needed with --world-size {nodes}"
+                    "dist.rank (the rank of this node) is needed with dist.world_size {nodes}"
                 )));
             }
         },
@@ -336,7 +295,7 @@ fn node_rank(
     };
     if rank < 0 || rank as usize >= nodes {
         return Err(MhclError::arg(format!(
-            "--rank {rank} (the rank of this node) is not below --world-size {nodes} (the \
+            "dist.rank {rank} (the rank of this node) is not below dist.world_size {nodes} (the \
              number of nodes)"
         )));
     }
@@ -344,7 +303,7 @@ fn node_rank(
 }
 
 fn worker_layout(
-    flags: &DistFlags,
+    flags: &LaunchRequest,
     node: usize,
     nodes: usize,
     nproc: usize,
@@ -352,7 +311,7 @@ fn worker_layout(
 ) -> Result<WorkerLayout> {
     if !flags.batch_size.is_multiple_of(nproc) {
         return Err(MhclError::arg(format!(
-            "--batch-size {} is not divisible by the {nproc} ranks per node (--nproc-per-node); \
+            "training.batch_size {} is not divisible by the {nproc} ranks per node (dist.nproc_per_node); \
              each rank takes batch / {nproc}",
             flags.batch_size
         )));
@@ -365,7 +324,7 @@ fn check_available(backend: DistBackend) -> Result<()> {
         return Ok(());
     }
     Err(MhclError::arg(format!(
-        "--dist-backend {backend} needs a build with the cargo feature `nccl` (this build has \
+        "dist.backend {backend} needs a build with the cargo feature `nccl` (this build has \
          the CPU backends `local` and `tcp`)"
     )))
 }
@@ -451,7 +410,7 @@ impl<'a> RankCtx<'a> {
         self.layout.rank == 0
     }
 
-    /// The process group when there are several ranks (what [`crate::model::Mhcl::train_step`]
+    /// The process group when there are several ranks (what `Mhcl::train_step`
     /// takes), else `None`.
     pub fn group(&self) -> Option<&'a dyn ProcessGroup> {
         self.group.filter(|g| g.world_size() > 1)
@@ -481,7 +440,7 @@ impl<'a> RankCtx<'a> {
             return Ok(tensors);
         };
         let mut bytes = if g.rank() == 0 {
-            encode_tensors(&tensors)
+            encode_tensors(&tensors)?
         } else {
             Vec::new()
         };
@@ -516,105 +475,21 @@ impl<'a> RankCtx<'a> {
     }
 }
 
-/// Serializes tensors for a broadcast: per tensor its name, kind, dims and little-endian values.
-fn encode_tensors(tensors: &TensorMap) -> Vec<u8> {
-    let mut out = Vec::new();
-    let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
-    put(&mut out, tensors.len() as u64);
-    for (name, t) in tensors {
-        put(&mut out, name.len() as u64);
-        out.extend_from_slice(name.as_bytes());
-        put(&mut out, t.shape.len() as u64);
-        for &d in &t.shape {
-            put(&mut out, d as u64);
-        }
-        match &t.data {
-            RawData::F32(v) => {
-                out.push(0);
-                put(&mut out, v.len() as u64);
-                v.iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-            RawData::I64(v) => {
-                out.push(1);
-                put(&mut out, v.len() as u64);
-                v.iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-        }
-    }
-    out
+/// Tensors as safetensors bytes for a broadcast.
+fn encode_tensors(tensors: &TensorMap) -> Result<Vec<u8>> {
+    Ok(ssl_models::weights::safetensors_bytes(tensors)?)
 }
 
 fn decode_tensors(bytes: &[u8]) -> Result<TensorMap> {
-    struct Reader<'b> {
-        b: &'b [u8],
-        at: usize,
-    }
-    impl<'b> Reader<'b> {
-        fn take(&mut self, n: usize) -> Result<&'b [u8]> {
-            let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
-            let end = end.ok_or_else(|| {
-                MhclError::Distributed("received a truncated tensor broadcast".into())
-            })?;
-            let s = &self.b[self.at..end];
-            self.at = end;
-            Ok(s)
-        }
-        fn u64(&mut self) -> Result<u64> {
-            Ok(u64::from_le_bytes(
-                self.take(8)?.try_into().expect("8 bytes"),
-            ))
-        }
-        fn len(&mut self) -> Result<usize> {
-            let v = self.u64()?;
-            usize::try_from(v)
-                .ok()
-                .filter(|&n| n <= self.b.len())
-                .ok_or_else(|| MhclError::Distributed("received a corrupt tensor broadcast".into()))
-        }
-    }
-    let mut r = Reader { b: bytes, at: 0 };
-    let mut out = TensorMap::new();
-    for _ in 0..r.len()? {
-        let n = r.len()?;
-        let name = String::from_utf8(r.take(n)?.to_vec()).map_err(|_| {
-            MhclError::Distributed("received a tensor name that is not UTF-8".into())
-        })?;
-        let ndim = r.len()?;
-        let shape = (0..ndim).map(|_| r.len()).collect::<Result<Vec<_>>>()?;
-        let kind = r.take(1)?[0];
-        let count = r.len()?;
-        let t = match kind {
-            0 => RawTensor::f32(
-                shape,
-                r.take(count.saturating_mul(4))?
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect(),
-            ),
-            1 => RawTensor::i64(
-                shape,
-                r.take(count.saturating_mul(8))?
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-            ),
-            k => {
-                return Err(MhclError::Distributed(format!(
-                    "received a tensor of unknown kind {k}"
-                )));
-            }
-        };
-        out.insert(name, t);
-    }
-    Ok(out)
+    ssl_models::weights::parse_safetensors(bytes, std::path::Path::new("<broadcast>"))
+        .map(|(t, _)| t)
+        .map_err(|e| MhclError::Distributed(format!("received a corrupt tensor broadcast: {e}")))
 }
 
 impl Launch {
     /// Runs `f` as every rank this process hosts, as the launch says: once without a group,
     /// once per thread, or once as this process's rank of a process group. `Spawn` is done by
-    /// [`crate::cli::run`], which starts copies of the `mhcl` command; `command` names the
+    /// [`spawn`] in the `mhcl` command, which starts copies of itself; `command` names the
     /// subcommand in that error.
     pub fn run_ranks<R: Send>(
         self,
@@ -632,10 +507,48 @@ impl Launch {
                 layout,
             } => join(backend, &config, layout, f),
             Launch::Spawn { .. } => Err(MhclError::arg(format!(
-                "--multiprocessing-distributed with --dist-backend tcp or nccl starts worker \
-                 processes of the `mhcl` command: run it as `mhcl {command}` (mhcl::cli::run)"
+                "dist.multiprocessing with dist.backend tcp or nccl starts worker \
+                 processes of the `mhcl` command: run it as `mhcl {command}`"
             ))),
         }
+    }
+}
+
+impl Launch {
+    /// Plans the launch of a run ([`plan`]) for `dist` with the node's `batch_size` and
+    /// `workers`.
+    pub fn for_run(dist: &DistConfig, batch_size: usize, workers: usize) -> Result<Launch> {
+        plan(&LaunchRequest {
+            dist: dist.clone(),
+            batch_size,
+            workers,
+        })
+    }
+
+    /// [`Launch::run_ranks`] for a run with an observer: the rendezvous warning goes to it
+    /// first, and `f` gets it on rank 0 (the other ranks get one that observes nothing).
+    pub fn run_observed<R: Send>(
+        &self,
+        batch_size: usize,
+        workers: usize,
+        command: &str,
+        observer: &mut dyn crate::observe::Observer,
+        f: impl Fn(&RankCtx, &mut dyn crate::observe::Observer) -> Result<R> + Sync,
+    ) -> Result<R> {
+        if let Some(w) = self.open_rendezvous_warning() {
+            observer.notice(&w)?;
+        }
+        let shared = Mutex::new(observer);
+        self.clone().run_ranks(batch_size, workers, command, |ctx| {
+            let mut quiet = ();
+            let mut guard = ctx
+                .is_main()
+                .then(|| shared.lock().unwrap_or_else(|p| p.into_inner()));
+            match guard.as_mut() {
+                Some(g) => f(ctx, &mut ***g),
+                None => f(ctx, &mut quiet),
+            }
+        })
     }
 }
 
@@ -679,31 +592,36 @@ pub fn run_threads<R: Send>(
 }
 
 /// The rendezvous token of the flags, checked.
-fn token(flags: &DistFlags) -> Result<Option<DistToken>> {
+fn token(flags: &LaunchRequest) -> Result<Option<DistToken>> {
     flags
-        .dist_token
+        .dist
+        .token
         .clone()
         .map(DistToken::new)
         .transpose()
-        .map_err(|e| MhclError::arg(format!("--dist-token / MHCL_DIST_TOKEN: {e}")))
+        .map_err(|e| MhclError::arg(format!("dist.token: {e}")))
 }
 
-/// Whether rank 0 of `config` will listen on every interface without a token: the command
-/// says so once (anyone who reaches the port could join, as with PyTorch's TCPStore).
-pub fn warn_if_open(config: &RendezvousConfig, rank: usize) {
-    if rank != 0 || config.token.is_some() {
-        return;
-    }
-    if let Ok(rdv) = config.resolve()
-        && rdv.world_size > 1
-        && rdv.listens_publicly()
-    {
-        eprintln!(
-            "warning: rank 0 listens on every interface at port {} without a rendezvous token; \
-             any process that reaches it can join. Set MHCL_DIST_TOKEN (or --dist-token) on \
-             every rank to require a shared secret.",
-            rdv.port
-        );
+impl Launch {
+    /// The warning for a rank 0 that will listen on every interface without a token (anyone
+    /// who reaches the port could join, as with PyTorch's TCPStore); the runners pass it to
+    /// their observer.
+    pub fn open_rendezvous_warning(&self) -> Option<String> {
+        let Launch::Join { config, layout, .. } = self else {
+            return None;
+        };
+        if layout.rank != 0 || config.token.is_some() {
+            return None;
+        }
+        let rdv = config.resolve().ok()?;
+        (rdv.world_size > 1 && rdv.listens_publicly()).then(|| {
+            format!(
+                "warning: rank 0 listens on every interface at port {} without a rendezvous \
+                 token; any process that reaches it can join. Set MHCL_DIST_TOKEN (or \
+                 --dist-token) on every rank to require a shared secret.",
+                rdv.port
+            )
+        })
     }
 }
 
@@ -716,7 +634,6 @@ pub fn join<R>(
     f: impl FnOnce(&RankCtx) -> Result<R>,
 ) -> Result<R> {
     let rank = layout.rank;
-    warn_if_open(config, rank);
     let group =
         ssl_distributed::init_process_group(backend, config, layout.local_rank).map_err(|e| {
             MhclError::Distributed(format!(
@@ -734,14 +651,14 @@ pub fn join<R>(
 /// Starts `nproc` worker processes (this executable with the same arguments, as
 /// `torch.multiprocessing.spawn`) and waits for them. A worker that fails makes the others
 /// fail or be stopped, and the error names it; each worker prints its own error line first.
-pub fn spawn(nproc: usize) -> Result<()> {
-    // Ctrl-C reaches the workers through the terminal; this process only waits for them.
-    crate::train::install_interrupt_handler();
+/// Ctrl-C reaches the workers through the terminal: when `stop` was requested meanwhile (the
+/// command's handler), a failed wait is reported as an interruption.
+pub fn spawn(nproc: usize, stop: &crate::observe::StopToken) -> Result<()> {
     let workers = ssl_distributed::spawn_workers(&SpawnConfig::new(nproc))
         .map_err(|e| MhclError::Distributed(format!("cannot start the worker processes: {e}")))?;
     match workers.wait() {
         Ok(()) => Ok(()),
-        Err(_) if crate::train::interrupted() => Err(MhclError::Interrupted { checkpoint: None }),
+        Err(_) if stop.is_stopped() => Err(MhclError::Interrupted { checkpoint: None }),
         Err(e) => Err(MhclError::Distributed(format!(
             "data-parallel run failed: {e}"
         ))),
@@ -752,15 +669,9 @@ pub fn spawn(nproc: usize) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn flags(extra: impl FnOnce(&mut DistFlags)) -> DistFlags {
-        let mut f = DistFlags {
-            world_size: -1,
-            rank: -1,
-            dist_url: "tcp://224.66.41.62:23456".into(),
-            dist_token: None,
-            dist_backend: "nccl".into(),
-            multiprocessing_distributed: false,
-            nproc_per_node: None,
+    fn flags(extra: impl FnOnce(&mut LaunchRequest)) -> LaunchRequest {
+        let mut f = LaunchRequest {
+            dist: DistConfig::default(),
             batch_size: 64,
             workers: 4,
         };
@@ -779,7 +690,7 @@ mod tests {
             Launch::Single
         );
         assert_eq!(
-            plan_with(&flags(|f| f.world_size = 1), None, &no_env, 8).unwrap(),
+            plan_with(&flags(|f| f.dist.world_size = 1), None, &no_env, 8).unwrap(),
             Launch::Single
         );
     }
@@ -787,9 +698,9 @@ mod tests {
     #[test]
     fn local_threads_split_the_batch() {
         let f = flags(|f| {
-            f.dist_backend = "local".into();
-            f.multiprocessing_distributed = true;
-            f.nproc_per_node = Some(2);
+            f.dist.backend = DistBackend::Local;
+            f.dist.multiprocessing = true;
+            f.dist.nproc_per_node = Some(2);
         });
         let Launch::Threads { layouts } = plan_with(&f, None, &no_env, 0).unwrap() else {
             panic!("threads expected");
@@ -806,8 +717,8 @@ mod tests {
         assert_eq!(layouts[1].workers, 2);
         // default: one rank per visible GPU, at least one
         let f = flags(|f| {
-            f.dist_backend = "local".into();
-            f.multiprocessing_distributed = true;
+            f.dist.backend = DistBackend::Local;
+            f.dist.multiprocessing = true;
         });
         let Launch::Threads { layouts } = plan_with(&f, None, &no_env, 0).unwrap() else {
             panic!()
@@ -822,12 +733,12 @@ mod tests {
     #[test]
     fn spawn_and_worker_layouts_follow_the_reference() {
         let f = flags(|f| {
-            f.dist_backend = "tcp".into();
-            f.dist_url = "tcp://127.0.0.1:29500".into();
-            f.multiprocessing_distributed = true;
-            f.nproc_per_node = Some(4);
-            f.world_size = 2;
-            f.rank = 1;
+            f.dist.backend = DistBackend::Tcp;
+            f.dist.url = "tcp://127.0.0.1:29500".into();
+            f.dist.multiprocessing = true;
+            f.dist.nproc_per_node = Some(4);
+            f.dist.world_size = 2;
+            f.dist.rank = 1;
         });
         let Launch::Spawn { nproc, layout } = plan_with(&f, None, &no_env, 0).unwrap() else {
             panic!()
@@ -849,10 +760,10 @@ mod tests {
     #[test]
     fn explicit_ranks_and_env() {
         let f = flags(|f| {
-            f.dist_backend = "gloo".into();
-            f.dist_url = "tcp://127.0.0.1:29500".into();
-            f.world_size = 3;
-            f.rank = 2;
+            f.dist.backend = DistBackend::Tcp;
+            f.dist.url = "tcp://127.0.0.1:29500".into();
+            f.dist.world_size = 3;
+            f.dist.rank = 2;
         });
         let Launch::Join { layout, .. } = plan_with(&f, None, &no_env, 0).unwrap() else {
             panic!()
@@ -877,8 +788,8 @@ mod tests {
             )
         };
         let f = flags(|f| {
-            f.dist_backend = "tcp".into();
-            f.dist_url = "env://".into();
+            f.dist.backend = DistBackend::Tcp;
+            f.dist.url = "env://".into();
         });
         let Launch::Join { layout, .. } = plan_with(&f, None, &env, 0).unwrap() else {
             panic!()
@@ -896,56 +807,51 @@ mod tests {
 
     #[test]
     fn bad_flags_are_one_line_errors() {
-        let err = |f: DistFlags| {
+        let err = |f: LaunchRequest| {
             let e = plan_with(&f, None, &no_env, 0).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{e}");
             e
         };
-        let local = |f: &mut DistFlags| {
-            f.dist_backend = "local".into();
-            f.multiprocessing_distributed = true;
+        let local = |f: &mut LaunchRequest| {
+            f.dist.backend = DistBackend::Local;
+            f.dist.multiprocessing = true;
         };
         let e = err(flags(|f| {
             local(f);
-            f.nproc_per_node = Some(3);
+            f.dist.nproc_per_node = Some(3);
         }));
         assert!(e.contains("not divisible by the 3 ranks"), "{e}");
         let e = err(flags(|f| {
             local(f);
-            f.world_size = 2;
-            f.rank = 0;
+            f.dist.world_size = 2;
+            f.dist.rank = 0;
         }));
         assert!(e.contains("one node"), "{e}");
         let e = err(flags(|f| {
-            f.dist_backend = "tcp".into();
-            f.dist_url = "tcp://127.0.0.1:29500".into();
-            f.world_size = 2;
-            f.rank = 2;
+            f.dist.backend = DistBackend::Tcp;
+            f.dist.url = "tcp://127.0.0.1:29500".into();
+            f.dist.world_size = 2;
+            f.dist.rank = 2;
         }));
         assert!(e.contains("rank 2 is not below the world size 2"), "{e}");
         let e = err(flags(|f| {
-            f.dist_backend = "tcp".into();
-            f.multiprocessing_distributed = true;
-            f.world_size = 2;
-            f.rank = 5;
+            f.dist.backend = DistBackend::Tcp;
+            f.dist.multiprocessing = true;
+            f.dist.world_size = 2;
+            f.dist.rank = 5;
         }));
-        assert!(e.contains("--rank 5"), "{e}");
+        assert!(e.contains("dist.rank 5"), "{e}");
         let e = err(flags(|f| {
-            f.dist_backend = "tcp".into();
-            f.dist_url = "http://x".into();
-            f.world_size = 2;
-            f.rank = 0;
+            f.dist.backend = DistBackend::Tcp;
+            f.dist.url = "http://x".into();
+            f.dist.world_size = 2;
+            f.dist.rank = 0;
         }));
         assert!(e.contains("dist-url") || e.contains("http://x"), "{e}");
-        let e = err(flags(|f| f.nproc_per_node = Some(2)));
-        assert!(e.contains("needs --multiprocessing-distributed"), "{e}");
-        let e = err(flags(|f| {
-            local(f);
-            f.dist_backend = "mpi".into();
-        }));
-        assert!(e.contains("unknown --dist-backend"), "{e}");
+        let e = err(flags(|f| f.dist.nproc_per_node = Some(2)));
+        assert!(e.contains("needs dist.multiprocessing"), "{e}");
         if !cfg!(feature = "nccl") {
-            let e = err(flags(|f| f.multiprocessing_distributed = true));
+            let e = err(flags(|f| f.dist.multiprocessing = true));
             assert!(e.contains("feature `nccl`"), "{e}");
         }
     }
@@ -995,7 +901,7 @@ mod tests {
         );
         m.insert("queue_ptr".into(), RawTensor::i64([1], vec![7]));
         m.insert("empty".into(), RawTensor::f32([0], vec![]));
-        let b = encode_tensors(&m);
+        let b = encode_tensors(&m).unwrap();
         assert_eq!(decode_tensors(&b).unwrap(), m);
         assert!(decode_tensors(&b[..b.len() - 1]).is_err());
     }

@@ -75,12 +75,12 @@ pub fn weighted_knn(
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .map_err(|e| MhclError::Component(format!("kNN similarities: {e:?}")))?;
+            .map_err(|e| MhclError::readback("kNN similarities", e))?;
         let idx: Vec<i64> = idx
             .into_data()
             .convert::<i64>()
             .try_into_vec::<i64>()
-            .map_err(|e| MhclError::Component(format!("kNN indices: {e:?}")))?;
+            .map_err(|e| MhclError::readback("kNN indices", e))?;
         for r in 0..end - start {
             let mut votes = vec![0f64; classes];
             for j in 0..k {

@@ -7,9 +7,12 @@
 //! * [`optim::Sgd`]: `torch.optim.SGD` exactly (dampening 0, weight decay in the gradient,
 //!   buffer = first gradient), momentum buffers by PyTorch parameter name;
 //!   [`schedule`]: the cosine and step schedules of `main_mhcl.py`.
-//! * [`train::pretrain`], [`lincls::run`]: `mhcl pretrain` / `mhcl lincls` with every flag of
-//!   `main_mhcl.py` / `main_lincls.py` ([`cli`]); [`checkpoint`]: one safetensors file per
-//!   checkpoint, written atomically, exact resume; [`knn`]: the weighted kNN monitor.
+//! * [`config`]: [`PretrainConfig`] / [`LinclsConfig`], typed run configurations whose defaults
+//!   are `main_mhcl.py`'s / `main_lincls.py`'s; [`Pretrainer`] and [`LinearProbe`] run them
+//!   and report to an [`Observer`] ([`observe`]); a [`StopToken`] stops them.
+//!   [`checkpoint`]: one safetensors file per checkpoint, written atomically, exact resume;
+//!   [`knn`]: the weighted kNN monitor.
+//! * `cli` (feature `cli`, default): the `mhcl` command, flags -> configs.
 //! * [`dist`]: data parallel, as the reference's `--multiprocessing-distributed` /
 //!   `--dist-url` / `--world-size` / `--rank` (plus `--dist-backend local`: ranks as threads);
 //!   built on `ssl-distributed`.
@@ -21,7 +24,7 @@
 //! use mhcl::model::{Mhcl, MhclConfig};
 //! use mhcl::optim::SgdConfig;
 //! use mhcl::schedule::LrSchedule;
-//! use mhcl::train::step_rng;
+//! use mhcl::rng::step_rng;
 //! use ssl_models::Arch;
 //!
 //! let device = Device::flex().autodiff();
@@ -46,20 +49,30 @@
 //! # Ok::<(), mhcl::MhclError>(())
 //! ```
 pub mod checkpoint;
+#[cfg(feature = "cli")]
 pub mod cli;
+pub mod config;
+pub mod curves;
 pub mod data;
 pub mod device;
 pub mod dist;
 pub mod error;
 pub mod knn;
 pub mod lincls;
+pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod optim;
 pub mod plot;
 pub mod precision;
+pub mod rng;
 pub mod schedule;
 pub mod split;
 pub mod synthetic;
 pub mod train;
 
+pub use config::{ConfigError, LinclsConfig, PretrainConfig};
 pub use error::{MhclError, Result};
+pub use lincls::LinearProbe;
+pub use observe::{Observer, StopToken};
+pub use train::Pretrainer;

@@ -18,8 +18,6 @@
 //! improves); the end writes `OUTPUT_DIR/lincls_summary.json` (best and final accuracies,
 //! per-class accuracy, confusion matrix, history) and `OUTPUT_DIR/lincls_curves.png`.
 
-use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,19 +25,19 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use ssl_augment::{LoaderConfig, SampleTransform, probe_eval_transform, probe_train_transform};
+use ssl_augment::{ImageFolder, Loader, LoaderConfig, probe_eval_transform, probe_train_transform};
 use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
 use ssl_models::{Arch, LinearClassifier, LinearClassifierConfig, ResNet, ResNetConfig};
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
-use crate::cli::LinclsArgs;
+use crate::config::LinclsConfig;
 use crate::data;
 use crate::dist::{Launch, RankCtx};
 use crate::error::{MhclError, Result};
-use crate::optim::{MomentumBuffer, Sgd, SgdConfig};
-use crate::schedule::LrSchedule;
+use crate::metrics::{LinclsEpoch, LinclsSummary};
+use crate::observe::{EpochStarted, Observer, Running, StepReport, StopToken};
+use crate::optim::{MomentumBuffer, Sgd};
+use crate::train::read_scalar;
 
 /// File names written to the output folder.
 pub const SUMMARY_FILE: &str = "lincls_summary.json";
@@ -49,68 +47,6 @@ pub const CHECKPOINT_FILE: &str = "lincls_checkpoint.safetensors";
 pub const BEST_FILE: &str = "lincls_best.safetensors";
 /// Curves of the train loss and validation accuracy.
 pub const CURVES_FILE: &str = "lincls_curves.png";
-
-fn component<E: std::fmt::Display>(e: E) -> MhclError {
-    MhclError::Component(e.to_string())
-}
-
-/// One epoch of the probe.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LinclsEpoch {
-    /// Epoch (0-based).
-    pub epoch: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Mean training cross-entropy.
-    pub train_loss: f64,
-    /// Validation top-1 accuracy (percent).
-    pub val_acc1: f64,
-    /// Validation top-5 accuracy (percent).
-    pub val_acc5: f64,
-    /// Seconds of the epoch.
-    pub seconds: f64,
-}
-
-/// `lincls_summary.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LinclsSummary {
-    /// Best validation top-1 over the epochs.
-    pub best_acc1: f64,
-    /// Best validation top-5 over the epochs (each on its own, as the reference).
-    pub best_acc5: f64,
-    /// Top-5 of the epoch with the best top-1.
-    pub acc5_at_best_acc1: f64,
-    /// Epoch of the best top-1.
-    pub best_epoch: usize,
-    /// Top-1 of the last epoch.
-    pub final_acc1: f64,
-    /// Top-5 of the last epoch.
-    pub final_acc5: f64,
-    /// Class names (sorted folder names).
-    pub classes: Vec<String>,
-    /// Final model's top-1 accuracy per class (percent).
-    pub per_class_acc1: BTreeMap<String, f64>,
-    /// Final model's confusion matrix: `confusion_matrix[true][predicted]` counts.
-    pub confusion_matrix: Vec<Vec<usize>>,
-    /// Per-epoch history.
-    pub history: Vec<LinclsEpoch>,
-    /// The pretrained weights used (none: random init).
-    pub pretrained: Option<String>,
-    /// Architecture and width of the backbone.
-    pub arch: String,
-    /// Base width.
-    pub width: usize,
-    /// Training / validation images.
-    pub train_images: usize,
-    /// Validation images.
-    pub val_images: usize,
-    /// Seconds of the whole run.
-    pub seconds: f64,
-    /// Images dropped with `--skip-corrupt` (by the pre-scan or when loaded), each
-    /// `path: reason`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub skipped_images: Vec<String>,
-}
 
 /// Accuracy of logits against labels: `(acc1, acc5, per-class correct, confusion)`.
 struct Eval {
@@ -260,7 +196,7 @@ fn build_backbone(
         return ResNetConfig::new(arch)
             .with_width(width_flag.unwrap_or(64))
             .try_init(device)
-            .map_err(component);
+            .map_err(MhclError::from);
     };
     let (found_arch, width) = infer_arch(&loaded.backbone).ok_or_else(|| {
         MhclError::checkpoint(
@@ -271,7 +207,7 @@ fn build_backbone(
     if found_arch != arch {
         return Err(MhclError::checkpoint(
             path,
-            format!("holds a {found_arch} encoder (width {width}), but -a is {arch}"),
+            format!("holds a {found_arch} encoder (width {width}), but arch (-a) is {arch}"),
         ));
     }
     if let Some(w) = width_flag
@@ -279,13 +215,10 @@ fn build_backbone(
     {
         return Err(MhclError::checkpoint(
             path,
-            format!("holds a {found_arch} of width {width}, but --width is {w}"),
+            format!("holds a {found_arch} of width {width}, but width (--width) is {w}"),
         ));
     }
-    let net = ResNetConfig::new(arch)
-        .with_width(width)
-        .try_init(device)
-        .map_err(component)?;
+    let net = ResNetConfig::new(arch).with_width(width).try_init(device)?;
     let options = LoadOptions::new().probe_backbone();
     let (net, report) = load_tensors(net, loaded.backbone.clone(), &options)
         .map_err(|e| MhclError::checkpoint(path, e.to_string()))?;
@@ -297,22 +230,20 @@ fn build_backbone(
 
 fn save_probe(
     path: &Path,
-    backbone: &ResNet,
-    fc: &LinearClassifier,
-    sgd: &Sgd,
-    args: &LinclsArgs,
+    probe: &ProbeState,
+    cfg: &LinclsConfig,
     epoch: usize,
     extra: serde_json::Value,
 ) -> Result<()> {
-    let mut meta = CheckpointMeta::new(&args.arch);
+    let mut meta = CheckpointMeta::new(cfg.arch.name());
     meta.epoch = epoch;
     meta.kind = "lincls".into();
     meta.extra = extra;
-    meta.args = serde_json::to_value(args).map_err(component)?;
+    meta.config = serde_json::to_value(cfg).expect("a config is plain JSON");
     let mut c = Checkpoint::new(meta);
-    c.tensors = module_tensors(backbone).map_err(component)?;
-    c.insert_prefixed("fc.", module_tensors(fc).map_err(component)?);
-    for b in sgd.buffers()? {
+    c.tensors = module_tensors(&probe.backbone)?;
+    c.insert_prefixed("fc.", module_tensors(&probe.fc)?);
+    for b in probe.sgd.buffers()? {
         c.insert(
             format!("optimizer.fc.{}", b.name),
             RawTensor::f32(b.shape, b.values),
@@ -321,39 +252,516 @@ fn save_probe(
     c.write_atomic(path)
 }
 
-/// The checks of `mhcl lincls` that need no file, and how it runs (see [`crate::dist`]).
-pub fn prepare(args: &LinclsArgs) -> Result<Launch> {
-    Arch::from_name(&args.arch).map_err(|e| MhclError::arg(e.to_string()))?;
-    if args.batch_size == 0 {
-        return Err(MhclError::arg("--batch-size must be positive"));
-    }
-    if args.image_size < 8 {
-        return Err(MhclError::arg("--image-size must be at least 8"));
-    }
-    if !(args.lr.is_finite() && args.lr >= 0.0) {
-        return Err(MhclError::arg(format!(
-            "--lr must be >= 0, got {}",
-            args.lr
-        )));
-    }
-    if args.evaluate && args.resume.is_none() {
-        return Err(MhclError::arg(
-            "-e/--evaluate needs --resume with a linear-probe checkpoint (lincls_checkpoint.safetensors)",
-        ));
-    }
-    crate::dist::plan(&args.into())
+/// Runs one linear probe from a [`LinclsConfig`]; see the module docs.
+///
+/// Data parallel as [`crate::train::Pretrainer`]: every rank trains the same `fc` on its share
+/// of DATA/train with gradients averaged, and extracts the validation features of its share of
+/// DATA/val (gathered, so every rank evaluates all of them); rank 0 calls the observer and
+/// writes the checkpoints and the summary. A [`StopToken`] stops it after the current epoch.
+#[derive(Debug)]
+pub struct LinearProbe {
+    config: LinclsConfig,
+    launch: Launch,
+    stop: StopToken,
 }
 
-/// Runs `mhcl lincls`; see the module docs.
-///
-/// Data parallel as `mhcl pretrain` ([`crate::train::pretrain`]): every rank trains the same
-/// `fc` on its share of DATA/train with gradients averaged, and extracts the validation
-/// features of its share of DATA/val (gathered, so every rank evaluates all of them); rank 0
-/// prints and writes the checkpoints and the summary. Returns rank 0's summary.
-pub fn run(args: &LinclsArgs) -> Result<LinclsSummary> {
-    prepare(args)?.run_ranks(args.batch_size, args.workers, "lincls", |ctx| {
-        run_rank(args, ctx)
-    })
+impl LinearProbe {
+    /// Checks `config` and decides how the run launches ([`crate::dist::plan`]).
+    pub fn new(config: LinclsConfig) -> Result<Self> {
+        config.validate()?;
+        let (batch, workers) = (config.training.batch_size, config.data.workers);
+        let launch = Launch::for_run(&config.dist, batch, workers)?;
+        Ok(Self {
+            config,
+            launch,
+            stop: StopToken::new(),
+        })
+    }
+
+    /// Uses `stop` instead of a fresh token.
+    pub fn with_stop_token(mut self, stop: StopToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LinclsConfig {
+        &self.config
+    }
+
+    /// How the run launches (see [`crate::train::Pretrainer::launch`]).
+    pub fn launch(&self) -> &Launch {
+        &self.launch
+    }
+
+    /// Trains (or, with `evaluate`, evaluates) every rank this process hosts and returns rank
+    /// 0's summary.
+    pub fn run(&self, observer: &mut dyn Observer) -> Result<LinclsSummary> {
+        let (batch, workers) = (self.config.training.batch_size, self.config.data.workers);
+        self.launch
+            .run_observed(batch, workers, "lincls", observer, |ctx, obs| {
+                ProbeRank::setup(&self.config, ctx, &self.stop, obs)?.run()
+            })
+    }
+}
+
+/// The frozen backbone, the trained `fc` layer and its optimizer.
+struct ProbeState {
+    backbone: ResNet,
+    fc: LinearClassifier,
+    sgd: Sgd,
+}
+
+/// `pretrained` and `resume`, read.
+struct Sources {
+    pretrained: Option<(PathBuf, Loaded)>,
+    resume: Option<(PathBuf, Loaded)>,
+}
+
+/// One rank's probe: set up by [`ProbeRank::setup`], run by [`ProbeRank::run`].
+struct ProbeRank<'a> {
+    cfg: &'a LinclsConfig,
+    ctx: &'a RankCtx<'a>,
+    stop: &'a StopToken,
+    obs: &'a mut dyn Observer,
+    probe: ProbeState,
+    train_set: Arc<ImageFolder>,
+    val_set: Arc<ImageFolder>,
+    val_loader: Loader,
+    val_feats: Tensor<2>,
+    val_labels: Vec<usize>,
+    device: Device,
+    seed: u64,
+    start_epoch: usize,
+    history: Vec<LinclsEpoch>,
+    t_run: Instant,
+}
+
+impl<'a> ProbeRank<'a> {
+    fn setup(
+        cfg: &'a LinclsConfig,
+        ctx: &'a RankCtx<'a>,
+        stop: &'a StopToken,
+        obs: &'a mut dyn Observer,
+    ) -> Result<Self> {
+        let t_run = Instant::now();
+        let (train_set, val_set) = open_probe_data(cfg, obs)?;
+        let device = cfg.device.open(ctx.device_index())?;
+        if ctx.is_main() {
+            data::ensure_writable_dir(&cfg.output_dir)?;
+        }
+        let seed = ctx.broadcast_seed(cfg.seed.unwrap_or_else(|| rand::random::<u64>() >> 11))?;
+        let sources = read_sources(cfg)?;
+        let classes = train_set.classes().len();
+        let mut probe = build_probe(cfg, &sources, classes, &device, seed, ctx)?;
+        let (mut start_epoch, mut history) = (cfg.training.start_epoch, Vec::new());
+        if let Some((path, loaded)) = &sources.resume {
+            (start_epoch, history) = apply_probe_resume(&mut probe, path, loaded)?;
+            obs.notice(&format!(
+                "=> loaded probe checkpoint '{}' (epoch {start_epoch})",
+                path.display()
+            ))?;
+        }
+        if let Some((p, _)) = &sources.pretrained {
+            obs.notice(&format!(
+                "=> loaded pretrained weights from '{}'",
+                p.display()
+            ))?;
+        }
+        let val_loader = data::loader(
+            Arc::clone(&val_set),
+            Arc::new(probe_eval_transform(cfg.data.image_size)?),
+            LoaderConfig::default()
+                .with_batch_size(ctx.batch_size())
+                .with_workers(data::effective_workers(ctx.layout().workers))
+                .with_shuffle(false)
+                .with_rank(ctx.rank(), ctx.world_size()),
+        )?;
+        // The backbone is frozen and in eval mode and the transform is deterministic: the
+        // validation features are the same every epoch, so compute them once.
+        let eval_backbone = probe.backbone.valid();
+        let (val_feats, val_labels) =
+            extract_all_features(&val_loader, val_set.len(), ctx, &device, |x| {
+                eval_backbone.pooled(x)
+            })?;
+        Ok(Self {
+            cfg,
+            ctx,
+            stop,
+            obs,
+            probe,
+            train_set,
+            val_set,
+            val_loader,
+            val_feats,
+            val_labels,
+            device,
+            seed,
+            start_epoch,
+            history,
+            t_run,
+        })
+    }
+
+    fn run(mut self) -> Result<LinclsSummary> {
+        if self.cfg.evaluate {
+            let e = self.val_eval()?;
+            let summary = self.summary(&e, None);
+            if self.ctx.is_main() {
+                write_summary(&self.cfg.output_dir, &summary)?;
+                self.obs.probe_finished(&summary)?;
+            }
+            return Ok(summary);
+        }
+        let train_loader = self.train_loader()?;
+        self.obs.notice(&self.description(&train_loader))?;
+        let schedule = self.cfg.training.lr_schedule();
+        let mut last_eval = None;
+        for epoch in self.start_epoch..self.cfg.training.epochs {
+            let lr = schedule.lr(epoch);
+            let t0 = Instant::now();
+            let train_loss = self.train_epoch(&train_loader, epoch, lr)?;
+            let e = self.val_eval()?;
+            self.record_epoch(epoch, lr, train_loss, &e, t0)?;
+            last_eval = Some(e);
+            // every rank stops after the same epoch, whichever saw the request
+            if self.ctx.any(self.stop.is_stopped())? {
+                let checkpoint = self
+                    .ctx
+                    .is_main()
+                    .then(|| self.cfg.output_dir.join(CHECKPOINT_FILE));
+                self.obs.stopped(checkpoint.as_deref())?;
+                return Err(MhclError::Interrupted { checkpoint });
+            }
+        }
+        let e = match last_eval {
+            Some(e) => e,
+            None => self.val_eval()?,
+        };
+        self.finish(&e, &train_loader)
+    }
+
+    fn description(&self, train_loader: &Loader) -> String {
+        let world = self.ctx.world_size();
+        let ranks = if world > 1 {
+            format!(", {world} ranks x batch {}", self.ctx.batch_size())
+        } else {
+            String::new()
+        };
+        let _ = train_loader;
+        format!(
+            "=> linear probe: {} (width {}, {}-d features), {} classes, {} train / {} val images, {} epochs{ranks}",
+            self.cfg.arch,
+            self.probe.backbone.width,
+            self.probe.backbone.feature_dim(),
+            self.train_set.classes().len(),
+            self.train_set.len(),
+            self.val_set.len(),
+            self.cfg.training.epochs
+        )
+    }
+
+    fn train_loader(&self) -> Result<Loader> {
+        data::loader(
+            Arc::clone(&self.train_set),
+            Arc::new(probe_train_transform(self.cfg.data.image_size)?),
+            LoaderConfig::default()
+                .with_batch_size(self.ctx.batch_size())
+                .with_workers(data::effective_workers(self.ctx.layout().workers))
+                .with_seed(self.seed.wrapping_add(1))
+                .with_shuffle(true)
+                .with_rank(self.ctx.rank(), self.ctx.world_size()),
+        )
+    }
+
+    /// One epoch of `fc` training; the mean cross-entropy over every rank's images.
+    fn train_epoch(&mut self, loader: &Loader, epoch: usize, lr: f64) -> Result<f64> {
+        let iters = loader.len();
+        self.obs.epoch_started(&EpochStarted {
+            epoch,
+            lr,
+            iters,
+            first_iter: 0,
+            phase: "lincls",
+        })?;
+        let train_device = self.device.clone().autodiff();
+        let backbone = self.probe.backbone.valid();
+        let (mut loss_sum, mut seen): (Option<Tensor<1>>, usize) = (None, 0);
+        for (it, batch) in loader.epoch(epoch as u64).enumerate() {
+            let mut batch = batch?;
+            let n = batch.n;
+            let x = data::view_tensor(&mut batch, 0, &self.device);
+            let feats = backbone.pooled(x).detach();
+            let logits = self.probe.fc.forward(Tensor::from_inner(feats));
+            let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &train_device);
+            let loss = ssl_losses::cross_entropy(logits, targets)?;
+            let value = loss.clone().detach().inner().mul_scalar(n as f64);
+            loss_sum = Some(match loss_sum.take() {
+                Some(s) => s.add(value),
+                None => value,
+            });
+            seen += n;
+            self.sgd_step(loss, lr)?;
+            self.report_step(epoch, it, iters, lr, &loss_sum, seen)?;
+        }
+        self.obs.epoch_steps_done(epoch)?;
+        let mut sums = [
+            loss_sum.map(read_scalar).transpose()?.unwrap_or(f64::NAN),
+            seen as f64,
+        ];
+        self.ctx.sum(&mut sums)?;
+        let train_loss = sums[0] / sums[1].max(1.0);
+        if !train_loss.is_finite() {
+            return Err(MhclError::NonFinite {
+                value: train_loss as f32,
+                epoch,
+                iter: iters,
+            });
+        }
+        Ok(train_loss)
+    }
+
+    fn sgd_step(&mut self, loss: Tensor<1>, lr: f64) -> Result<()> {
+        let grads = GradientsParams::from_grads(loss.backward(), &self.probe.fc);
+        let grads = match self.ctx.group() {
+            Some(g) => ssl_distributed::average_gradients(g, &self.probe.fc, grads)?,
+            None => grads,
+        };
+        let fc = self.probe.fc.clone();
+        self.probe.fc = self.probe.sgd.step(lr, fc, grads);
+        Ok(())
+    }
+
+    fn report_step(
+        &mut self,
+        epoch: usize,
+        it: usize,
+        iters: usize,
+        lr: f64,
+        loss_sum: &Option<Tensor<1>>,
+        seen: usize,
+    ) -> Result<()> {
+        let freq = self.cfg.print_freq;
+        let logged = self.ctx.is_main() && freq > 0 && it.is_multiple_of(freq);
+        let loss = match (logged, loss_sum) {
+            (true, Some(s)) => {
+                let avg = read_scalar(s.clone())? / seen as f64;
+                Some(Running { val: avg, avg })
+            }
+            _ => None,
+        };
+        self.obs.step(&StepReport {
+            epoch,
+            iter: it,
+            iters,
+            lr,
+            logged,
+            loss,
+            ..StepReport::default()
+        })
+    }
+
+    /// Records an epoch; rank 0 writes the probe checkpoint (and the best one).
+    fn record_epoch(
+        &mut self,
+        epoch: usize,
+        lr: f64,
+        train_loss: f64,
+        e: &Eval,
+        t0: Instant,
+    ) -> Result<()> {
+        let rec = LinclsEpoch {
+            epoch,
+            lr,
+            train_loss,
+            val_acc1: e.acc1,
+            val_acc5: e.acc5,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        let improved = self.history.iter().all(|h| rec.val_acc1 > h.val_acc1);
+        self.history.push(rec.clone());
+        if !self.ctx.is_main() {
+            return Ok(());
+        }
+        self.obs.probe_epoch(&rec, best(&self.history))?;
+        let extra = serde_json::json!({ "history": self.history });
+        let path = self.cfg.output_dir.join(CHECKPOINT_FILE);
+        save_probe(&path, &self.probe, self.cfg, epoch + 1, extra.clone())?;
+        self.obs.checkpoint_saved(&path)?;
+        if improved {
+            let path = self.cfg.output_dir.join(BEST_FILE);
+            save_probe(&path, &self.probe, self.cfg, epoch + 1, extra)?;
+        }
+        Ok(())
+    }
+
+    fn val_eval(&self) -> Result<Eval> {
+        let logits = self.probe.fc.valid().forward(self.val_feats.clone());
+        let v = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| MhclError::readback("logits", e))?;
+        Ok(evaluate(
+            &v,
+            &self.val_labels,
+            self.train_set.classes().len(),
+        ))
+    }
+
+    fn summary(&self, e: &Eval, train_loader: Option<&Loader>) -> LinclsSummary {
+        let mut summary = summarize(
+            self.cfg,
+            self.train_set.classes(),
+            &self.history,
+            e,
+            self.probe.backbone.width,
+            self.train_set.len(),
+            self.val_set.len(),
+            self.t_run,
+        );
+        let mut sources = vec![(&*self.val_set, &self.val_loader)];
+        if let Some(l) = train_loader {
+            sources.insert(0, (&*self.train_set, l));
+        }
+        summary.skipped_images = data::skipped_images(&sources);
+        summary
+    }
+
+    /// The summary, its file and the curves (rank 0).
+    fn finish(&mut self, e: &Eval, train_loader: &Loader) -> Result<LinclsSummary> {
+        let summary = self.summary(e, Some(train_loader));
+        if !self.ctx.is_main() {
+            return Ok(summary);
+        }
+        for (what, loader) in [("train/", train_loader), ("val/", &self.val_loader)] {
+            if let Some(line) = data::skipped_notice(what, loader, &mut 0) {
+                self.obs.notice(&line)?;
+            }
+        }
+        write_summary(&self.cfg.output_dir, &summary)?;
+        if !self.history.is_empty() {
+            crate::plot::lincls_curves(&self.cfg.output_dir.join(CURVES_FILE), &self.history)?;
+        }
+        self.obs.probe_finished(&summary)?;
+        Ok(summary)
+    }
+}
+
+/// `DATA/train` and `DATA/val` with the same classes.
+fn open_probe_data(
+    cfg: &LinclsConfig,
+    obs: &mut dyn Observer,
+) -> Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
+    let checks = data::ImageChecks {
+        verify: cfg.data.verify_images,
+        skip_corrupt: cfg.data.skip_corrupt,
+    };
+    let root = &cfg.data.root;
+    let train_set = Arc::new(data::open_split_checked(root, "train", checks)?);
+    let val_set = Arc::new(data::open_split_checked(root, "val", checks)?);
+    for folder in [&train_set, &val_set] {
+        if let Some(line) = data::prescan_notice(folder) {
+            obs.notice(&line)?;
+        }
+    }
+    if train_set.classes() != val_set.classes() {
+        return Err(MhclError::data(format!(
+            "train/ and val/ of {} have different classes",
+            root.display()
+        )));
+    }
+    Ok((train_set, val_set))
+}
+
+fn read_sources(cfg: &LinclsConfig) -> Result<Sources> {
+    let pretrained = match &cfg.pretrained {
+        Some(p) => Some((p.clone(), read_weights(p)?)),
+        None => None,
+    };
+    let resume = match &cfg.resume {
+        Some(p) => {
+            let l = read_weights(p)?;
+            if l.fc.is_none() {
+                return Err(MhclError::checkpoint(p, "is not a linear-probe checkpoint"));
+            }
+            Some((p.clone(), l))
+        }
+        None => None,
+    };
+    Ok(Sources { pretrained, resume })
+}
+
+/// Backbone (loaded from `resume` or `pretrained`, else random) and a new `fc`; with a group,
+/// rank 0's on every rank.
+fn build_probe(
+    cfg: &LinclsConfig,
+    sources: &Sources,
+    classes: usize,
+    device: &Device,
+    seed: u64,
+    ctx: &RankCtx,
+) -> Result<ProbeState> {
+    let source = sources.resume.as_ref().or(sources.pretrained.as_ref());
+    let train_device = device.clone().autodiff();
+    // the device's generator is shared by ranks that run as threads: initialise one at a time
+    let (mut backbone, mut fc) = {
+        let _init = crate::dist::init_lock();
+        device.seed(seed);
+        let source = source.map(|(p, l)| (p.as_path(), l));
+        let backbone = build_backbone(cfg.arch, cfg.width, source, device)?;
+        let fc =
+            LinearClassifierConfig::new(backbone.feature_dim(), classes).try_init(&train_device)?;
+        (backbone, fc)
+    };
+    if ctx.group().is_some() {
+        // identical start on every rank: rank 0's fc (and backbone when not loaded)
+        if source.is_none() {
+            let t = ctx.broadcast_tensors(module_tensors(&backbone)?)?;
+            backbone = load_tensors(backbone, t, &LoadOptions::new())?.0;
+        }
+        let t = ctx.broadcast_tensors(module_tensors(&fc)?)?;
+        fc = load_tensors(fc, t, &LoadOptions::new())?.0;
+    }
+    let sgd = cfg.training.sgd.clone().init()?;
+    Ok(ProbeState { backbone, fc, sgd })
+}
+
+/// Loads a probe checkpoint's `fc` and momentum buffers; returns the epoch to continue at and
+/// the history so far.
+fn apply_probe_resume(
+    probe: &mut ProbeState,
+    path: &Path,
+    l: &Loaded,
+) -> Result<(usize, Vec<LinclsEpoch>)> {
+    let fc_tensors = l.fc.clone().unwrap_or_default();
+    let (loaded, _) = load_tensors(probe.fc.clone(), fc_tensors, &LoadOptions::new())
+        .map_err(|e| MhclError::checkpoint(path, format!("fc: {e}")))?;
+    probe.fc = loaded;
+    let bufs = l
+        .optimizer
+        .iter()
+        .filter_map(|b| {
+            b.name.strip_prefix("fc.").map(|n| MomentumBuffer {
+                name: n.to_string(),
+                ..b.clone()
+            })
+        })
+        .collect();
+    probe
+        .sgd
+        .load_buffers(&probe.fc, bufs)
+        .map_err(|e| MhclError::checkpoint(path, e.to_string()))?;
+    let Some(meta) = &l.meta else {
+        return Ok((0, Vec::new()));
+    };
+    let history = meta
+        .extra
+        .get("history")
+        .and_then(|h| serde_json::from_value(h.clone()).ok())
+        .unwrap_or_default();
+    Ok((meta.epoch, history))
 }
 
 /// Pooled features of every sample of `loader`'s dataset in dataset order, and their labels.
@@ -382,14 +790,13 @@ fn extract_all_features(
     if parts.is_empty() {
         return Err(MhclError::data("no images to extract features from"));
     }
-    let feats =
-        ssl_distributed::concat_all_gather(group, Tensor::cat(parts, 0)).map_err(component)?;
+    let feats = ssl_distributed::concat_all_gather(group, Tensor::cat(parts, 0))?;
     let mut meta = Vec::with_capacity(16 * indices.len());
     for (&i, &l) in indices.iter().zip(&labels) {
         meta.extend_from_slice(&(i as u64).to_le_bytes());
         meta.extend_from_slice(&(l as u64).to_le_bytes());
     }
-    let all_meta = group.all_gather_bytes(&meta).map_err(component)?;
+    let all_meta = group.all_gather_bytes(&meta)?;
     // first row of every dataset index, in dataset order (the padding repeats some)
     let mut row_of = vec![usize::MAX; dataset_len];
     let mut label_of = vec![0usize; dataset_len];
@@ -416,362 +823,6 @@ fn extract_all_features(
     Ok((feats.select(0, idx), label_of))
 }
 
-/// One rank of `mhcl lincls` (the whole run for a single process).
-fn run_rank(args: &LinclsArgs, ctx: &RankCtx) -> Result<LinclsSummary> {
-    let t_run = Instant::now();
-    let main = ctx.is_main();
-    let arch = Arch::from_name(&args.arch).map_err(|e| MhclError::arg(e.to_string()))?;
-    let checks = data::ImageChecks {
-        verify: args.verify_images,
-        skip_corrupt: args.skip_corrupt,
-    };
-    let train_set = Arc::new(data::open_split_checked(&args.data, "train", checks, main)?);
-    let val_set = Arc::new(data::open_split_checked(&args.data, "val", checks, main)?);
-    if train_set.classes() != val_set.classes() {
-        return Err(MhclError::data(format!(
-            "train/ and val/ of {} have different classes",
-            args.data.display()
-        )));
-    }
-    let classes = train_set.classes().to_vec();
-    let device = crate::device::parse_device(&args.device, ctx.device_index().or(args.gpu))?;
-    if main {
-        data::ensure_writable_dir(&args.output_dir)?;
-    }
-    let seed = ctx.broadcast_seed(args.seed.unwrap_or_else(|| rand::random::<u64>() >> 11))?;
-
-    let pretrained = match &args.pretrained {
-        Some(p) => Some((p.clone(), read_weights(p)?)),
-        None => None,
-    };
-    let resume = match &args.resume {
-        Some(p) => {
-            let l = read_weights(p)?;
-            if l.fc.is_none() {
-                return Err(MhclError::checkpoint(p, "is not a linear-probe checkpoint"));
-            }
-            Some((p.clone(), l))
-        }
-        None => None,
-    };
-    let source = resume.as_ref().or(pretrained.as_ref());
-    let train_device = device.clone().autodiff();
-    // the device's generator is shared by ranks that run as threads: initialise one at a time
-    let (mut backbone, mut fc) = {
-        let _init = crate::dist::init_lock();
-        device.seed(seed);
-        let backbone = build_backbone(
-            arch,
-            args.width,
-            source.map(|(p, l)| (p.as_path(), l)),
-            &device,
-        )?;
-        let fc = LinearClassifierConfig::new(backbone.feature_dim(), classes.len())
-            .try_init(&train_device)
-            .map_err(component)?;
-        (backbone, fc)
-    };
-    if ctx.group().is_some() {
-        // identical start on every rank: rank 0's fc (and backbone when not loaded)
-        if source.is_none() {
-            let t = ctx.broadcast_tensors(module_tensors(&backbone).map_err(component)?)?;
-            backbone = load_tensors(backbone, t, &LoadOptions::new())
-                .map_err(component)?
-                .0;
-        }
-        let t = ctx.broadcast_tensors(module_tensors(&fc).map_err(component)?)?;
-        fc = load_tensors(fc, t, &LoadOptions::new())
-            .map_err(component)?
-            .0;
-    }
-    let width = backbone.width;
-    let eval_backbone = backbone.valid();
-    let feat_dim = eval_backbone.feature_dim();
-    let mut sgd = SgdConfig::new()
-        .with_momentum(args.momentum)
-        .with_weight_decay(args.weight_decay)
-        .init()?;
-    let mut start_epoch = args.start_epoch;
-    let mut history: Vec<LinclsEpoch> = Vec::new();
-    if let Some((path, l)) = &resume {
-        let fc_tensors = l.fc.clone().unwrap_or_default();
-        let (loaded, _) = load_tensors(fc, fc_tensors, &LoadOptions::new())
-            .map_err(|e| MhclError::checkpoint(path, format!("fc: {e}")))?;
-        fc = loaded;
-        let bufs = l
-            .optimizer
-            .iter()
-            .filter_map(|b| {
-                b.name.strip_prefix("fc.").map(|n| MomentumBuffer {
-                    name: n.to_string(),
-                    ..b.clone()
-                })
-            })
-            .collect();
-        sgd.load_buffers(&fc, bufs)
-            .map_err(|e| MhclError::checkpoint(path, e.to_string()))?;
-        if let Some(meta) = &l.meta {
-            start_epoch = meta.epoch;
-            if let Some(h) = meta.extra.get("history") {
-                history = serde_json::from_value(h.clone()).unwrap_or_default();
-            }
-        }
-        if main {
-            println!(
-                "=> loaded probe checkpoint '{}' (epoch {start_epoch})",
-                path.display()
-            );
-        }
-    }
-    if let Some((p, _)) = &pretrained
-        && main
-    {
-        println!("=> loaded pretrained weights from '{}'", p.display());
-    }
-
-    let world = ctx.world_size();
-    let workers = data::effective_workers(ctx.layout().workers);
-    let eval_tf: Arc<dyn SampleTransform> =
-        Arc::new(probe_eval_transform(args.image_size).map_err(|e| MhclError::arg(e.to_string()))?);
-    let val_loader = data::loader(
-        Arc::clone(&val_set),
-        eval_tf,
-        LoaderConfig::default()
-            .with_batch_size(ctx.batch_size())
-            .with_workers(workers)
-            .with_shuffle(false)
-            .with_rank(ctx.rank(), world),
-    )?;
-    // The backbone is frozen and in eval mode and the transform is deterministic: the
-    // validation features are the same every epoch, so compute them once.
-    let (val_feats, val_labels) =
-        extract_all_features(&val_loader, val_set.len(), ctx, &device, |x| {
-            eval_backbone.pooled(x)
-        })?;
-    let val_eval = |fc: &LinearClassifier| -> Result<Eval> {
-        let logits = fc.valid().forward(val_feats.clone());
-        let v = logits
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| MhclError::Component(format!("reading logits: {e:?}")))?;
-        Ok(evaluate(&v, &val_labels, classes.len()))
-    };
-
-    if args.evaluate {
-        let e = val_eval(&fc)?;
-        let summary = summarize(
-            args,
-            &classes,
-            &history,
-            &e,
-            width,
-            train_set.len(),
-            val_set.len(),
-            t_run,
-        );
-        if main {
-            println!(" * Acc@1 {:.3} Acc@5 {:.3}", e.acc1, e.acc5);
-            write_summary(&args.output_dir, &summary)?;
-        }
-        return Ok(summary);
-    }
-
-    let train_tf: Arc<dyn SampleTransform> = Arc::new(
-        probe_train_transform(args.image_size).map_err(|e| MhclError::arg(e.to_string()))?,
-    );
-    let train_loader = data::loader(
-        Arc::clone(&train_set),
-        train_tf,
-        LoaderConfig::default()
-            .with_batch_size(ctx.batch_size())
-            .with_workers(workers)
-            .with_seed(seed.wrapping_add(1))
-            .with_shuffle(true)
-            .with_rank(ctx.rank(), world),
-    )?;
-    let schedule = LrSchedule::from_flags(args.lr, args.cos, args.epochs, &args.schedule);
-    let iters = train_loader.len();
-    if main {
-        let ranks = if world > 1 {
-            format!(", {world} ranks x batch {}", ctx.batch_size())
-        } else {
-            String::new()
-        };
-        println!(
-            "=> linear probe: {} (width {width}, {feat_dim}-d features), {} classes, {} train / {} val images, {} epochs{ranks}",
-            args.arch,
-            classes.len(),
-            train_set.len(),
-            val_set.len(),
-            args.epochs
-        );
-    }
-    let show_bar = main && !args.no_progress && std::io::stderr().is_terminal();
-    let mut last_eval = None;
-    crate::train::clear_interrupt();
-    for epoch in start_epoch..args.epochs {
-        let lr = schedule.lr(epoch);
-        let t0 = Instant::now();
-        let bar = show_bar.then(|| {
-            let b = ProgressBar::with_draw_target(Some(iters as u64), ProgressDrawTarget::stderr());
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_prefix(format!("lincls {epoch}"));
-            b
-        });
-        let mut loss_sum: Option<Tensor<1>> = None;
-        let mut seen = 0usize;
-        for (it, batch) in train_loader.epoch(epoch as u64).enumerate() {
-            let mut batch = batch.map_err(|e| MhclError::data(e.to_string()))?;
-            let n = batch.n;
-            let x = data::view_tensor(&mut batch, 0, &device);
-            let feats = eval_backbone.pooled(x).detach();
-            let logits = fc.forward(Tensor::from_inner(feats));
-            let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &train_device);
-            let loss = ssl_losses::cross_entropy(logits, targets).map_err(component)?;
-            let value = loss.clone().detach().inner().mul_scalar(n as f64);
-            loss_sum = Some(match loss_sum.take() {
-                Some(s) => s.add(value),
-                None => value,
-            });
-            seen += n;
-            let grads = GradientsParams::from_grads(loss.backward(), &fc);
-            let grads = match ctx.group() {
-                Some(g) => ssl_distributed::average_gradients(g, &fc, grads).map_err(component)?,
-                None => grads,
-            };
-            fc = sgd.step(lr, fc, grads);
-            if main && args.print_freq > 0 && it % args.print_freq == 0 {
-                let avg = scalar(loss_sum.clone().expect("set above"))? / seen as f64;
-                let line = format!(
-                    "Epoch: [{epoch}][{it}/{iters}]\tLoss {}",
-                    crate::train::py_exp(avg, 4)
-                );
-                match &bar {
-                    Some(b) if !b.is_hidden() => b.println(line),
-                    _ => println!("{line}"),
-                }
-            }
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-        }
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-        }
-        let mut sums = [
-            loss_sum.map(scalar).transpose()?.unwrap_or(f64::NAN),
-            seen as f64,
-        ];
-        ctx.sum(&mut sums)?;
-        let train_loss = sums[0] / sums[1].max(1.0);
-        if !train_loss.is_finite() {
-            return Err(MhclError::NonFinite {
-                value: train_loss as f32,
-                epoch,
-                iter: iters,
-            });
-        }
-        let e = val_eval(&fc)?;
-        let rec = LinclsEpoch {
-            epoch,
-            lr,
-            train_loss,
-            val_acc1: e.acc1,
-            val_acc5: e.acc5,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        let improved = history.iter().all(|h| rec.val_acc1 > h.val_acc1);
-        history.push(rec.clone());
-        if main {
-            println!(
-                "lincls epoch {epoch} lr {lr:.5} loss {train_loss:.4} val acc@1 {:.2} acc@5 {:.2} {:.1}s",
-                rec.val_acc1, rec.val_acc5, rec.seconds
-            );
-            println!(" * Acc@1 {:.3} Acc@5 {:.3}", e.acc1, e.acc5);
-            let (best1, best5) = best(&history);
-            println!("best acc1: {best1:.3} best acc5: {best5:.3}");
-            let extra = serde_json::json!({ "history": history });
-            save_probe(
-                &args.output_dir.join(CHECKPOINT_FILE),
-                &backbone,
-                &fc,
-                &sgd,
-                args,
-                epoch + 1,
-                extra.clone(),
-            )?;
-            if improved {
-                save_probe(
-                    &args.output_dir.join(BEST_FILE),
-                    &backbone,
-                    &fc,
-                    &sgd,
-                    args,
-                    epoch + 1,
-                    extra,
-                )?;
-            }
-        }
-        last_eval = Some(e);
-        // every rank stops after the same epoch, whichever saw Ctrl-C
-        if ctx.any(crate::train::interrupted())? {
-            crate::train::clear_interrupt();
-            return Err(MhclError::Interrupted {
-                checkpoint: main.then(|| args.output_dir.join(CHECKPOINT_FILE)),
-            });
-        }
-    }
-    let e = match last_eval {
-        Some(e) => e,
-        None => val_eval(&fc)?,
-    };
-    let mut summary = summarize(
-        args,
-        &classes,
-        &history,
-        &e,
-        width,
-        train_set.len(),
-        val_set.len(),
-        t_run,
-    );
-    summary.skipped_images =
-        data::skipped_images(&[(&*train_set, &train_loader), (&*val_set, &val_loader)]);
-    if main {
-        data::report_skipped("train/", &train_loader, &mut 0);
-        data::report_skipped("val/", &val_loader, &mut 0);
-        write_summary(&args.output_dir, &summary)?;
-        if !history.is_empty() {
-            crate::plot::lincls_curves(&args.output_dir.join(CURVES_FILE), &history)?;
-        }
-        println!(
-            "{}",
-            serde_json::json!({
-                "best_acc1": summary.best_acc1, "best_acc5": summary.best_acc5,
-                "final_acc1": summary.final_acc1, "final_acc5": summary.final_acc5,
-            })
-        );
-    }
-    Ok(summary)
-}
-
-fn scalar(t: Tensor<1>) -> Result<f64> {
-    let v = t
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| MhclError::Component(format!("reading the loss: {e:?}")))?;
-    Ok(f64::from(v.first().copied().unwrap_or(f32::NAN)))
-}
-
 fn best(history: &[LinclsEpoch]) -> (f64, f64) {
     let b1 = history
         .iter()
@@ -786,7 +837,7 @@ fn best(history: &[LinclsEpoch]) -> (f64, f64) {
 
 #[allow(clippy::too_many_arguments)]
 fn summarize(
-    args: &LinclsArgs,
+    cfg: &LinclsConfig,
     classes: &[String],
     history: &[LinclsEpoch],
     e: &Eval,
@@ -833,8 +884,8 @@ fn summarize(
         per_class_acc1,
         confusion_matrix: e.confusion.clone(),
         history: history.to_vec(),
-        pretrained: args.pretrained.as_ref().map(|p| p.display().to_string()),
-        arch: args.arch.clone(),
+        pretrained: cfg.pretrained.as_ref().map(|p| p.display().to_string()),
+        arch: cfg.arch.name().to_string(),
         width,
         train_images,
         val_images,
@@ -845,8 +896,8 @@ fn summarize(
 
 fn write_summary(dir: &Path, summary: &LinclsSummary) -> Result<PathBuf> {
     let path = dir.join(SUMMARY_FILE);
-    let json = serde_json::to_vec_pretty(summary).map_err(component)?;
-    ssl_models::weights::write_file_atomic(&path, &json).map_err(component)?;
+    let json = serde_json::to_vec_pretty(summary).expect("a summary is plain JSON");
+    ssl_models::weights::write_file_atomic(&path, &json)?;
     Ok(path)
 }
 

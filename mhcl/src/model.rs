@@ -42,20 +42,21 @@ use ssl_models::{Arch, MhclEncoder, MhclEncoderConfig};
 use ssl_queue::MomentumQueue;
 
 use crate::checkpoint::ModelMeta;
-use crate::error::{MhclError, Result};
+use crate::error::{ConfigError, MhclError, Result};
 use crate::optim::{MomentumBuffer, Sgd};
 use crate::precision::{self, Precision};
 
 /// Number of scales of the MHCL encoder (layer1..layer4).
 pub const MHCL_SCALES: usize = 4;
 
-fn component<E: std::fmt::Display>(e: E) -> MhclError {
-    MhclError::Component(e.to_string())
-}
-
 /// Settings of [`Mhcl`]; defaults are `main_mhcl.py`'s (`--moco-dim 128`, `--moco-k 65536`,
 /// `--moco-m 0.99`, `--moco-t 0.07`, Beta(1, 1), MHCL on, no MLP, width 64).
-#[derive(Clone, Debug, PartialEq)]
+///
+/// In config files the `[model]` table, one key per field (`arch = "resnet50"`,
+/// `precision = "bf16"`); [`MhclConfig::encoder`] and [`MhclConfig::loss`] derive the
+/// component configurations, so the MHCL switch exists once.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MhclConfig {
     /// Backbone.
     pub arch: Arch,
@@ -84,6 +85,13 @@ pub struct MhclConfig {
     pub shuffle_bn_splits: usize,
     /// Number format of the encoder forwards (`--precision`; see [`crate::precision`]).
     pub precision: Precision,
+}
+
+impl Default for MhclConfig {
+    /// [`MhclConfig::new`] for ResNet-50.
+    fn default() -> Self {
+        Self::new(Arch::ResNet50)
+    }
 }
 
 impl MhclConfig {
@@ -201,56 +209,64 @@ impl MhclConfig {
             .with_detach_hard_keys(self.detach_hard_keys)
     }
 
-    /// Checks every value; the messages name the CLI flags.
-    pub fn validate(&self) -> Result<()> {
-        self.encoder().validate().map_err(component)?;
-        if !(self.beta_a.is_finite() && self.beta_a > 0.0) {
-            return Err(MhclError::arg(format!(
-                "--a must be > 0, got {}",
-                self.beta_a
-            )));
-        }
-        if !(self.beta_b.is_finite() && self.beta_b > 0.0) {
-            return Err(MhclError::arg(format!(
-                "--b must be > 0, got {}",
-                self.beta_b
-            )));
+    /// Checks every value; errors name the field (`beta_a`, `queue_len`).
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let err = ConfigError::new;
+        self.encoder()
+            .validate()
+            .map_err(|e| err("encoder", e.to_string()))?;
+        for (field, v) in [("beta_a", self.beta_a), ("beta_b", self.beta_b)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(err(field, format!("must be > 0, got {v}")));
+            }
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(MhclError::arg(format!(
-                "--moco-t must be > 0, got {}",
-                self.temperature
-            )));
+            return Err(err(
+                "temperature",
+                format!("must be > 0, got {}", self.temperature),
+            ));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(MhclError::arg(format!(
-                "--moco-m must be in [0, 1], got {}",
-                self.momentum
-            )));
+            return Err(err(
+                "momentum",
+                format!("must be in [0, 1], got {}", self.momentum),
+            ));
         }
         if self.queue_len == 0 {
-            return Err(MhclError::arg("--moco-k must be positive"));
+            return Err(ConfigError::new("queue_len", "must be positive"));
         }
         if self.shuffle_bn_splits == 0 {
-            return Err(MhclError::arg("--shuffle-bn-splits must be at least 1"));
+            return Err(ConfigError::new("shuffle_bn_splits", "must be at least 1"));
         }
-        self.loss().init().map_err(component)?;
-        Ok(())
+        self.loss()
+            .init()
+            .map(|_| ())
+            .map_err(|e| err("loss", e.to_string()))
     }
 
     /// Checks that a step of `global_batch` keys (all ranks) fits the queue and the splits.
-    pub fn check_batch(&self, global_batch: usize, local_batch: usize) -> Result<()> {
+    pub fn check_batch(
+        &self,
+        global_batch: usize,
+        local_batch: usize,
+    ) -> std::result::Result<(), ConfigError> {
         if global_batch == 0 || !self.queue_len.is_multiple_of(global_batch) {
-            return Err(MhclError::arg(format!(
-                "--moco-k ({}) must be a multiple of the global batch size ({global_batch})",
-                self.queue_len
-            )));
+            return Err(ConfigError::new(
+                "queue_len",
+                format!(
+                    "{} must be a multiple of the global batch size ({global_batch})",
+                    self.queue_len
+                ),
+            ));
         }
         if self.shuffle_bn_splits > 1 && local_batch / self.shuffle_bn_splits < 2 {
-            return Err(MhclError::arg(format!(
-                "--shuffle-bn-splits {} leaves fewer than 2 images per sub-batch of {local_batch}",
-                self.shuffle_bn_splits
-            )));
+            return Err(ConfigError::new(
+                "shuffle_bn_splits",
+                format!(
+                    "{} leaves fewer than 2 images per sub-batch of {local_batch}",
+                    self.shuffle_bn_splits
+                ),
+            ));
         }
         Ok(())
     }
@@ -381,7 +397,7 @@ impl Mhcl {
         config.validate()?;
         let device = device.clone().autodiff();
         config.precision.check_device(&device)?;
-        let encoder_q = config.encoder().try_init(&device).map_err(component)?;
+        let encoder_q = config.encoder().try_init(&device)?;
         // A deep copy: `clone()` would share lazily initialised parameters and BN buffers.
         let encoder_k = encoder_q.valid().train().no_grad();
         let queue = MomentumQueue::new(
@@ -389,9 +405,8 @@ impl Mhcl {
             config.dim,
             config.queue_len,
             &device.clone().inner(),
-        )
-        .map_err(component)?;
-        let loss = config.loss().init().map_err(component)?;
+        )?;
+        let loss = config.loss().init()?;
         Ok(Self {
             config,
             encoder_q: Some(encoder_q),
@@ -492,23 +507,23 @@ impl Mhcl {
                 if g.rank() != 0 {
                     drawn.shuffle(rng);
                 }
-                let (x, perm) = ssl_distributed::batch_shuffle(g, im_k, rng).map_err(component)?;
+                let (x, perm) = ssl_distributed::batch_shuffle(g, im_k, rng)?;
                 if g.rank() != 0 && perm.shuffle() != drawn.as_slice() {
-                    return Err(MhclError::Component(format!(
+                    return Err(MhclError::Distributed(format!(
                         "rank {} drew another shuffle-BN permutation than rank 0: the ranks' \
                          step generators differ (different seeds?)",
                         g.rank()
                     )));
                 }
                 let k = self.encoder_k().forward(x);
-                ssl_distributed::batch_unshuffle(g, k, &perm).map_err(component)?
+                ssl_distributed::batch_unshuffle(g, k, &perm)?
             }
             _ if self.config.shuffle_bn_splits > 1 => {
                 self.keys_split(im_k, self.config.shuffle_bn_splits, rng)
             }
             _ => self.encoder_k().forward(im_k),
         };
-        ssl_losses::normalize(k.detach(), 2).map_err(component)
+        ssl_losses::normalize(k.detach(), 2).map_err(MhclError::from)
     }
 
     /// Query encoder forward in the configured precision, output in f32. Mixed precision
@@ -549,7 +564,7 @@ impl Mhcl {
             master,
             precision::buffers(&low),
         ));
-        ssl_losses::normalize(k?.cast(burn::tensor::DType::F32), 2).map_err(component)
+        ssl_losses::normalize(k?.cast(burn::tensor::DType::F32), 2).map_err(MhclError::from)
     }
 
     /// One training step (see the module docs). `im_q`, `im_k`: `(N, 3, H, W)` crops of the
@@ -591,7 +606,7 @@ impl Mhcl {
                     Ok(grads) => grads,
                     Err(e) => {
                         self.encoder_q = Some(encoder_q);
-                        return Err(component(e));
+                        return Err(e.into());
                     }
                 }
             }
@@ -601,12 +616,10 @@ impl Mhcl {
         self.encoder_q = Some(optim.step(lr, encoder_q, grads));
         prof.sgd = clock.mark();
         let keys = match group {
-            Some(g) if g.world_size() > 1 => {
-                ssl_distributed::concat_all_gather(g, keys).map_err(component)?
-            }
+            Some(g) if g.world_size() > 1 => ssl_distributed::concat_all_gather(g, keys)?,
             _ => keys,
         };
-        self.queue.enqueue(keys).map_err(component)?;
+        self.queue.enqueue(keys)?;
         prof.enqueue = clock.mark();
         if self.profile.is_some() {
             self.profile = Some(prof);
@@ -625,7 +638,7 @@ impl Mhcl {
         clock: &mut PhaseClock,
         prof: &mut StepProfile,
     ) -> Result<(GradientsParams, StepStats, Tensor<3>)> {
-        encoder_q.check_input(&im_q).map_err(component)?;
+        encoder_q.check_input(&im_q)?;
         if im_q.dims() != im_k.dims() {
             return Err(MhclError::arg(format!(
                 "query and key crops differ in shape: {:?} vs {:?}",
@@ -633,7 +646,7 @@ impl Mhcl {
                 im_k.dims()
             )));
         }
-        let q = ssl_losses::normalize(self.query_forward(encoder_q, im_q), 2).map_err(component)?;
+        let q = ssl_losses::normalize(self.query_forward(encoder_q, im_q), 2)?;
         prof.query_forward = clock.mark();
         // EMA before the key forward, as MoCo's forward does.
         let encoder_k = self
@@ -646,31 +659,25 @@ impl Mhcl {
             Err(failed) => {
                 let (k, e) = *failed;
                 self.encoder_k = Some(k);
-                return Err(component(e));
+                return Err(e.into());
             }
         }
         prof.ema = clock.mark();
         let k = self.keys_in_precision(im_k, rng, group)?;
         prof.key_forward = clock.mark();
         let mixing = if self.config.mhcl {
-            Some(
-                HardMixing::draw(
-                    rng,
-                    self.config.scales(),
-                    self.config.queue_len,
-                    self.config.beta_a,
-                    self.config.beta_b,
-                )
-                .map_err(component)?,
-            )
+            Some(HardMixing::draw(
+                rng,
+                self.config.scales(),
+                self.config.queue_len,
+                self.config.beta_a,
+                self.config.beta_b,
+            )?)
         } else {
             None
         };
         let queue = self.queue.tensor();
-        let out = self
-            .loss
-            .forward(q, k, queue, mixing.as_ref())
-            .map_err(component)?;
+        let out = self.loss.forward(q, k, queue, mixing.as_ref())?;
         let loss = out.loss.clone().detach().inner();
         prof.loss = clock.mark();
         let grads = GradientsParams::from_grads(out.loss.backward(), encoder_q);
@@ -694,11 +701,11 @@ impl Mhcl {
             ("encoder_q.", self.encoder_q()),
             ("encoder_k.", self.encoder_k()),
         ] {
-            for (k, v) in module_tensors(enc).map_err(component)? {
+            for (k, v) in module_tensors(enc)? {
                 out.insert(format!("{prefix}{k}"), v);
             }
         }
-        let (shape, values) = self.queue.to_vec().map_err(component)?;
+        let (shape, values) = self.queue.to_vec()?;
         out.insert("queue".into(), RawTensor::f32(shape, values));
         out.insert(
             "queue_ptr".into(),
@@ -764,8 +771,7 @@ impl Mhcl {
             queue_t.to_f32(),
             ptr as usize,
             &self.device.clone().inner(),
-        )
-        .map_err(component)?;
+        )?;
         let buffers = take("optimizer.")
             .into_iter()
             .map(|(name, t)| MomentumBuffer {

@@ -52,6 +52,7 @@ use crate::error::{MhclError, Result};
 /// Hyper-parameters of [`Sgd`]; the defaults are `torch.optim.SGD`'s (momentum 0, dampening 0,
 /// weight decay 0, nesterov off). The learning rate is given to every [`Sgd::step`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SgdConfig {
     /// Momentum factor (PyTorch `momentum`, default 0).
     pub momentum: f64,
@@ -220,9 +221,7 @@ impl Sgd {
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
-                .map_err(|e| {
-                    MhclError::Component(format!("reading momentum buffer {}: {e:?}", b.pt_name))
-                })?;
+                .map_err(|e| MhclError::readback("a momentum buffer", e))?;
             out.push(MomentumBuffer {
                 name: b.pt_name.clone(),
                 shape,

@@ -8,7 +8,7 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 
 use crate::error::{MhclError, Result};
-use crate::lincls::LinclsEpoch;
+use crate::metrics::LinclsEpoch;
 
 const W: u32 = 480;
 const H: u32 = 320;
@@ -308,6 +308,5 @@ pub fn lincls_curves(path: &Path, history: &[LinclsEpoch]) -> Result<()> {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-    ssl_models::weights::write_file_atomic(path, buf.get_ref())
-        .map_err(|e| MhclError::Component(e.to_string()))
+    ssl_models::weights::write_file_atomic(path, buf.get_ref()).map_err(MhclError::from)
 }

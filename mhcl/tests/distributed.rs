@@ -12,7 +12,7 @@ use burn::prelude::*;
 use mhcl::checkpoint::Checkpoint;
 use mhcl::model::{Mhcl, MhclConfig};
 use mhcl::optim::{Sgd, SgdConfig};
-use mhcl::train::step_rng;
+use mhcl::rng::step_rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};

@@ -126,7 +126,7 @@ fn pretrain_checkpoint_resume_and_linear_probe() {
     let _g = serial();
     // 2 epochs in one go, with a checkpoint after each
     let full = out("full");
-    let outcome = mhcl::train::pretrain(&pretrain_args(&[
+    let outcome = mhcl::cli::pretrain(&pretrain_args(&[
         "--epochs",
         "2",
         "--save-epochs",
@@ -170,7 +170,7 @@ fn pretrain_checkpoint_resume_and_linear_probe() {
     // resume from epoch 1's start: same final weights, queue and optimizer state
     let resumed = out("resumed");
     let c0s = c0.to_string_lossy().into_owned();
-    mhcl::train::pretrain(&pretrain_args(&[
+    mhcl::cli::pretrain(&pretrain_args(&[
         "--epochs",
         "2",
         "--resume",
@@ -187,7 +187,7 @@ fn pretrain_checkpoint_resume_and_linear_probe() {
     // linear probe of our checkpoint: summary, curves, probe checkpoint, then -e
     let lin = out("lincls");
     let c1s = c1.to_string_lossy().into_owned();
-    let s = mhcl::lincls::run(&lincls_args(&["--pretrained", &c1s, "--output-dir", &lin])).unwrap();
+    let s = mhcl::cli::lincls(&lincls_args(&["--pretrained", &c1s, "--output-dir", &lin])).unwrap();
     assert_eq!(s.history.len(), 2);
     assert_eq!(s.confusion_matrix.len(), 4);
     assert_eq!(s.confusion_matrix.iter().flatten().sum::<usize>(), 16);
@@ -211,7 +211,7 @@ fn pretrain_checkpoint_resume_and_linear_probe() {
         .to_string_lossy()
         .into_owned();
     let ev = out("lincls_eval");
-    let e = mhcl::lincls::run(&lincls_args(&[
+    let e = mhcl::cli::lincls(&lincls_args(&[
         "-e",
         "--resume",
         &probe,
@@ -231,7 +231,7 @@ fn pretrain_checkpoint_resume_and_linear_probe() {
         .to_string_lossy()
         .into_owned();
     let pt = out("lincls_pth");
-    let s = mhcl::lincls::run(&lincls_args(&["--pretrained", &pth, "--output-dir", &pt])).unwrap();
+    let s = mhcl::cli::lincls(&lincls_args(&["--pretrained", &pth, "--output-dir", &pt])).unwrap();
     assert_eq!(s.width, 8);
 }
 
@@ -239,18 +239,18 @@ fn pretrain_checkpoint_resume_and_linear_probe() {
 fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let _g = serial();
     let a = out("uninterrupted");
-    mhcl::train::pretrain(&pretrain_args(&["--epochs", "2", "--output-dir", &a])).unwrap();
+    mhcl::cli::pretrain(&pretrain_args(&["--epochs", "2", "--output-dir", &a])).unwrap();
     let b = out("interrupted");
     // stop before step 5 = epoch 1, iteration 1 (4 iterations per epoch)
-    mhcl::train::interrupt_at_step(5);
+    mhcl::cli::stop_token().stop_before_step(5);
     let err =
-        mhcl::train::pretrain(&pretrain_args(&["--epochs", "2", "--output-dir", &b])).unwrap_err();
+        mhcl::cli::pretrain(&pretrain_args(&["--epochs", "2", "--output-dir", &b])).unwrap_err();
     assert!(matches!(err, mhcl::MhclError::Interrupted { .. }), "{err}");
     let ck = Path::new(&b).join(mhcl::train::INTERRUPTED_CHECKPOINT);
     let meta = Checkpoint::read(&ck).unwrap().meta;
     assert_eq!((meta.epoch, meta.iteration, meta.rng.step), (1, 1, 5));
     let cks = ck.to_string_lossy().into_owned();
-    mhcl::train::pretrain(&pretrain_args(&[
+    mhcl::cli::pretrain(&pretrain_args(&[
         "--epochs",
         "2",
         "--resume",
@@ -313,9 +313,13 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
         expect_error(&refs, needle);
     };
     run(&["--moco-k", "30"], "multiple of the global batch size");
-    run(&["--a", "0"], "--a must be > 0");
-    run(&["--b", "-1"], "--b must be > 0");
-    run(&["-a", "resnet99"], "unknown architecture");
+    run(&["--a", "0"], "--a: must be > 0");
+    run(&["--b", "-1"], "--b: must be > 0");
+    // an unknown architecture is refused by the flag parser (status 2), still in one line
+    let (code, err) = mhcl_bin(&["pretrain", d.as_str(), "-a", "resnet99"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("unknown architecture"), "{err}");
     run(&["-b", "64", "--moco-k", "128"], "larger than the dataset");
     run(
         &["--resume", "/nonexistent/checkpoint_0001.safetensors"],
@@ -350,7 +354,7 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
     // a checkpoint of another architecture: pretrain --resume and lincls --pretrained
     let other = out("other_arch");
     {
-        mhcl::train::pretrain(&pretrain_args(&["--epochs", "1", "--output-dir", &other])).unwrap();
+        mhcl::cli::pretrain(&pretrain_args(&["--epochs", "1", "--output-dir", &other])).unwrap();
     }
     let ck = Path::new(&other)
         .join("checkpoint_0000.safetensors")
@@ -358,7 +362,7 @@ fn bad_input_gives_one_line_errors_and_writes_nothing() {
         .into_owned();
     run(
         &["--width", "8", "--resume", &ck],
-        "holds resnet18 (width 4",
+        "model.width is 4 there, but 8 in this run",
     );
     expect_error(
         &[
@@ -400,7 +404,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one(
     // name, as a full disk would make the write fail)
     std::fs::create_dir_all(Path::new(&dir).join("checkpoint_0001.safetensors/x")).unwrap();
     let args = pretrain_args(&["--epochs", "2", "--save-epochs", "0", "--output-dir", &dir]);
-    let e = mhcl::train::pretrain(&args).unwrap_err().to_string();
+    let e = mhcl::cli::pretrain(&args).unwrap_err().to_string();
     assert!(e.contains("checkpoint_0001.safetensors"), "{e}");
     assert!(!e.contains('\n'), "{e}");
     let first = Path::new(&dir).join("checkpoint_0000.safetensors");
@@ -420,7 +424,7 @@ fn metrics_that_cannot_be_written_stop_the_run_with_one_line() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(Path::new(&dir).join("metrics.json/x")).unwrap();
     let args = pretrain_args(&["--epochs", "1", "--output-dir", &dir]);
-    let e = mhcl::train::pretrain(&args).unwrap_err().to_string();
+    let e = mhcl::cli::pretrain(&args).unwrap_err().to_string();
     assert!(e.contains("metrics.json"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
@@ -485,7 +489,7 @@ fn skip_corrupt_drops_and_names_bad_files_in_the_metrics() {
         let Command::Pretrain(args) = parse_from(argv).unwrap().command else {
             unreachable!()
         };
-        let outcome = mhcl::train::pretrain(&args).unwrap();
+        let outcome = mhcl::cli::pretrain(&args).unwrap();
         let skipped = &outcome.metrics[0].skipped_images;
         assert_eq!(skipped.len(), 1, "{name}: {skipped:?}");
         assert!(skipped[0].contains("broken.jpg"), "{name}: {skipped:?}");
@@ -575,7 +579,7 @@ fn demo_scale_pretraining_beats_chance() {
     let Command::Pretrain(a) = parse_from(argv).unwrap().command else {
         unreachable!()
     };
-    let ck = mhcl::train::pretrain(&a).unwrap().last_checkpoint.unwrap();
+    let ck = mhcl::cli::pretrain(&a).unwrap().last_checkpoint.unwrap();
     let ck = ck.to_string_lossy().into_owned();
     let lo = r.join("lin").to_string_lossy().into_owned();
     let argv = [
@@ -608,7 +612,7 @@ fn demo_scale_pretraining_beats_chance() {
     let Command::Lincls(a) = parse_from(argv).unwrap().command else {
         unreachable!()
     };
-    let s = mhcl::lincls::run(&a).unwrap();
+    let s = mhcl::cli::lincls(&a).unwrap();
     assert!(s.best_acc1 > 25.0, "best acc@1 {}", s.best_acc1);
     std::fs::remove_dir_all(&r).ok();
 }

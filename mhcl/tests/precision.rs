@@ -3,14 +3,15 @@
 //! bf16 (on the Flex backend, whose bf16 convolutions and matmuls round inputs and outputs to
 //! bf16 and accumulate in f32), and the two loss curves are compared window by window.
 //!
-//! Tolerance (`mhcl::precision::compare_curves`): every 25-step window mean of the bf16 losses
+//! Tolerance (`mhcl::curves::compare_curves`): every 25-step window mean of the bf16 losses
 //! is within 8 % (relative) + 0.02 (absolute) of the f32 one, and both curves fall by at least
 //! 10 % from the first window to the last. Measured: 0.27 of the tolerance (seeds 1, 2: 0.40,
 //! 0.12); an f32 run with its learning rate changed by 1e-4 (relative) is 0.23-0.37 of it away
 //! from the unchanged one. The run takes about 10 s in release.
 
 use burn::prelude::*;
-use mhcl::precision::{CurveConfig, Precision, compare_curves, loss_curve};
+use mhcl::curves::{CurveConfig, compare_curves, loss_curve};
+use mhcl::precision::Precision;
 
 #[test]
 fn bf16_loss_curve_follows_f32() {

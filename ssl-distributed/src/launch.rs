@@ -18,8 +18,9 @@ use crate::tcp::TcpGroup;
 /// spawn workers itself.
 pub const ENV_WORKER: &str = "SSL_DIST_WORKER";
 
-/// The `--dist-backend` of the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The `--dist-backend` of the CLI; in config files by name (`"tcp"`, `"gloo"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DistBackend {
     /// Ranks are threads of one process ([`LocalGroup`]); CPU data parallelism and tests.
     Local,
@@ -49,6 +50,19 @@ impl DistBackend {
             DistBackend::Local | DistBackend::Tcp => true,
             DistBackend::Nccl => cfg!(feature = "nccl"),
         }
+    }
+}
+
+impl TryFrom<String> for DistBackend {
+    type Error = DistributedError;
+    fn try_from(s: String) -> Result<Self> {
+        DistBackend::from_name(&s)
+    }
+}
+
+impl From<DistBackend> for String {
+    fn from(b: DistBackend) -> String {
+        b.to_string()
     }
 }
 

@@ -49,7 +49,8 @@ pub struct ContrastiveOutput {
 }
 
 /// Which implementation of the row-wise part runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kernel {
     /// The fused CPU kernel when the tensors are on the Flex device, tensor operations elsewhere.
     #[default]

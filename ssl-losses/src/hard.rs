@@ -20,7 +20,8 @@ pub const MHCL_WEIGHTS: [f64; 8] = [0.1, 0.4, 0.7, 1.0, 0.01, 0.04, 0.07, 0.1];
 ///
 /// Defaults are the reference's (`MHCL(...)` in `mhcl_ref.py`): temperature 0.07, Beta(1, 1),
 /// hard scales on, gradient through the hard keys kept, weights [`MHCL_WEIGHTS`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HardFeatureLossConfig {
     /// Softmax temperature `T` (> 0). The reference's default is 0.07 (MoCo's); MoCo v2
     /// recipes use 0.2.

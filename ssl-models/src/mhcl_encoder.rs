@@ -92,7 +92,8 @@ impl ProjectionHead {
 
 /// Configuration of an [`MhclEncoder`]; defaults are those of `main_mhcl.py`
 /// (`--moco-dim 128`, `--mlp` off unless given, four scales).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MhclEncoderConfig {
     /// Backbone.
     pub arch: Arch,

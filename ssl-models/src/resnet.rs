@@ -24,8 +24,9 @@ use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::error::{ModelsError, Result};
 use crate::transparent::transparent_enum_module;
 
-/// The five torchvision ResNets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The five torchvision ResNets; in config files by their torchvision names (`"resnet50"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// `resnet18`: BasicBlock, [2, 2, 2, 2].
     ResNet18,

@@ -444,14 +444,28 @@ fn safetensors_dtype(d: safetensors::Dtype) -> Option<DType> {
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<(TensorMap, BTreeMap<String, String>)> {
     let path = path.as_ref();
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    parse_safetensors(&bytes, path)
+}
+
+/// Tensors and string metadata of safetensors `bytes` (a file's contents, or
+/// [`safetensors_bytes`] sent over a process group); `origin` names them in errors.
+///
+/// # Errors
+/// [`ModelsError::Format`] when the bytes are not valid safetensors or hold an unsupported
+/// dtype.
+pub fn parse_safetensors(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<(TensorMap, BTreeMap<String, String>)> {
+    let path = origin;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| format_err(path, format!("not a safetensors file: {e}")))?;
     let metadata: BTreeMap<String, String> = meta
         .metadata()
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| format_err(path, format!("not a safetensors file: {e}")))?;
     let mut out = TensorMap::new();
     for (name, view) in st.iter() {
@@ -469,6 +483,28 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<(TensorMap, BTreeMap<S
         out.insert(name.to_string(), raw);
     }
     Ok((out, metadata))
+}
+
+/// `tensors` as the bytes of a safetensors file without metadata (what [`parse_safetensors`]
+/// reads back).
+///
+/// # Errors
+/// [`ModelsError::Tensor`] for a tensor whose values do not fill its shape.
+pub fn safetensors_bytes(tensors: &TensorMap) -> Result<Vec<u8>> {
+    for (name, t) in tensors {
+        t.check(name)?;
+    }
+    let views = tensors.iter().map(|(name, t)| {
+        (
+            name.as_str(),
+            View {
+                shape: &t.shape,
+                data: &t.data,
+            },
+        )
+    });
+    safetensors::serialize(views, None)
+        .map_err(|e| format_err(Path::new("<memory>"), e.to_string()))
 }
 
 struct View<'a> {
