@@ -29,11 +29,10 @@
 //! gradients, enqueue), `linear_probe_metrics`, `sgd_and_schedule` (SGD steps and momentum
 //! buffers).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Gradients;
@@ -46,6 +45,7 @@ use ssl_losses::{
     HardFeatureLossConfig, HardMixing, InfoNceLoss, cross_entropy, hard_features, mixed_queue,
     moco_logits, normalize, topk_accuracy,
 };
+use ssl_models::visit::named_grads;
 use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
 use ssl_models::{Arch, Bottleneck, MhclEncoderConfig};
 use ssl_queue::MomentumQueue;
@@ -198,47 +198,6 @@ fn tensors_with_prefix(case: &Case, prefix: &str) -> TensorMap {
             (name, raw)
         })
         .collect()
-}
-
-/// Gradients of every float parameter by PyTorch name, Linear weights transposed back to
-/// PyTorch's `(out, in)`.
-fn named_grads<M: Module>(module: &M, grads: &Gradients) -> BTreeMap<String, Tensor<2>> {
-    struct Collect<'a> {
-        path: Vec<String>,
-        containers: Vec<String>,
-        grads: &'a Gradients,
-        out: BTreeMap<String, Tensor<2>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            self.path.push(name.to_string());
-            self.containers.push(container.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-            self.containers.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            let Some(g) = p.val().grad(self.grads) else {
-                return;
-            };
-            let linear_weight = D == 2
-                && self.containers.last().map(String::as_str) == Some("Struct:Linear")
-                && self.path.last().map(String::as_str) == Some("weight");
-            let rows = g.dims().first().copied().unwrap_or(1);
-            let g2: Tensor<2> = g.reshape([rows as i64, -1]);
-            let g2 = if linear_weight { g2.transpose() } else { g2 };
-            self.out.insert(self.path.join("."), g2);
-        }
-    }
-    let mut c = Collect {
-        path: vec![],
-        containers: vec![],
-        grads,
-        out: BTreeMap::new(),
-    };
-    module.visit(&mut c);
-    c.out
 }
 
 fn check_grads<M: Module>(checker: &mut Checker<'_>, module: &M, grads: &Gradients) {

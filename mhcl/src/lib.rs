@@ -66,6 +66,7 @@ pub mod optim;
 pub mod plot;
 pub mod precision;
 pub mod rng;
+pub mod runner;
 pub mod schedule;
 pub mod split;
 pub mod synthetic;

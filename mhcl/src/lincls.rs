@@ -32,11 +32,12 @@ use ssl_models::{Arch, LinearClassifier, LinearClassifierConfig, ResNet, ResNetC
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
 use crate::config::LinclsConfig;
 use crate::data;
-use crate::dist::{Launch, RankCtx};
+use crate::dist::RankCtx;
 use crate::error::{MhclError, Result};
 use crate::metrics::{LinclsEpoch, LinclsSummary};
 use crate::observe::{EpochStarted, Observer, Running, StepReport, StopToken};
 use crate::optim::{MomentumBuffer, Sgd};
+use crate::runner::Runner;
 use crate::train::read_scalar;
 
 /// File names written to the output folder.
@@ -252,56 +253,22 @@ fn save_probe(
     c.write_atomic(path)
 }
 
-/// Runs one linear probe from a [`LinclsConfig`]; see the module docs.
+/// Runs one linear probe from a [`LinclsConfig`]: `LinearProbe::new(config)?.run(&mut
+/// observer)`.
 ///
 /// Data parallel as [`crate::train::Pretrainer`]: every rank trains the same `fc` on its share
 /// of DATA/train with gradients averaged, and extracts the validation features of its share of
 /// DATA/val (gathered, so every rank evaluates all of them); rank 0 calls the observer and
 /// writes the checkpoints and the summary. A [`StopToken`] stops it after the current epoch.
-#[derive(Debug)]
-pub struct LinearProbe {
-    config: LinclsConfig,
-    launch: Launch,
-    stop: StopToken,
-}
+pub type LinearProbe = Runner<LinclsConfig>;
 
-impl LinearProbe {
-    /// Checks `config` and decides how the run launches ([`crate::dist::plan`]).
-    pub fn new(config: LinclsConfig) -> Result<Self> {
-        config.validate()?;
-        let (batch, workers) = (config.training.batch_size, config.data.workers);
-        let launch = Launch::for_run(&config.dist, batch, workers)?;
-        Ok(Self {
-            config,
-            launch,
-            stop: StopToken::new(),
-        })
-    }
-
-    /// Uses `stop` instead of a fresh token.
-    pub fn with_stop_token(mut self, stop: StopToken) -> Self {
-        self.stop = stop;
-        self
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &LinclsConfig {
-        &self.config
-    }
-
-    /// How the run launches (see [`crate::train::Pretrainer::launch`]).
-    pub fn launch(&self) -> &Launch {
-        &self.launch
-    }
-
+impl Runner<LinclsConfig> {
     /// Trains (or, with `evaluate`, evaluates) every rank this process hosts and returns rank
     /// 0's summary.
     pub fn run(&self, observer: &mut dyn Observer) -> Result<LinclsSummary> {
-        let (batch, workers) = (self.config.training.batch_size, self.config.data.workers);
-        self.launch
-            .run_observed(batch, workers, "lincls", observer, |ctx, obs| {
-                ProbeRank::setup(&self.config, ctx, &self.stop, obs)?.run()
-            })
+        self.run_ranks("lincls", observer, |ctx, obs| {
+            ProbeRank::setup(&self.config, ctx, &self.stop, obs)?.run()
+        })
     }
 }
 

@@ -42,10 +42,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
+use ssl_models::visit::{NamedMapper, NamedVisitor, TensorPath, map_named, visit_named};
 
 use crate::error::{MhclError, Result};
 
@@ -197,10 +198,8 @@ impl Sgd {
             lr,
             buffers: &mut self.buffers,
             grads: &mut grads,
-            path: Vec::new(),
-            containers: Vec::new(),
         };
-        module.map(&mut mapper)
+        map_named(module, &mut mapper)
     }
 
     /// The momentum buffers, copied to the host, by PyTorch name (sorted by name).
@@ -244,7 +243,7 @@ impl Sgd {
         buffers: Vec<MomentumBuffer>,
     ) -> Result<()> {
         let mut params = ParamInfoCollector::default();
-        module.visit(&mut params);
+        visit_named(module, &mut params);
         let by_name: HashMap<String, ParamInfo> = params
             .out
             .into_iter()
@@ -339,22 +338,14 @@ struct StepMapper<'a> {
     lr: f64,
     buffers: &'a mut BTreeMap<String, Buffer>,
     grads: &'a mut GradientsParams,
-    path: Vec<String>,
-    containers: Vec<String>,
 }
 
-impl ModuleMapper for StepMapper<'_> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
-        self.containers.push(container_type.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+impl NamedMapper for StepMapper<'_> {
+    fn float<const D: usize>(
+        &mut self,
+        path: &TensorPath,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
         let Some(grad) = self.grads.remove::<D>(param.id) else {
             return param;
         };
@@ -367,7 +358,7 @@ impl ModuleMapper for StepMapper<'_> {
         let grad = grad.inner().to_device(&device);
         let cfg = self.config;
         let shape = p.shape();
-        let key = self.path.join(".");
+        let key = path.name();
         let old: Option<Tensor<D>> = if cfg.momentum != 0.0 {
             self.buffers
                 .remove(&key)
@@ -386,7 +377,7 @@ impl ModuleMapper for StepMapper<'_> {
         };
         if let Some(buf) = buf {
             let (pt_name, transposed) =
-                pytorch_name(&self.path, innermost_struct(&self.containers), D);
+                pytorch_name(path.segments(), innermost_struct(path.containers()), D);
             self.buffers.insert(
                 key,
                 Buffer {
@@ -567,27 +558,16 @@ impl ParamInfo {
 
 #[derive(Default)]
 struct ParamInfoCollector {
-    path: Vec<String>,
-    containers: Vec<String>,
     out: Vec<ParamInfo>,
 }
 
-impl ModuleVisitor for ParamInfoCollector {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
-        self.containers.push(container_type.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let (pt_name, transposed) = pytorch_name(&self.path, innermost_struct(&self.containers), D);
+impl NamedVisitor for ParamInfoCollector {
+    fn float<const D: usize>(&mut self, path: &TensorPath, param: &Param<Tensor<D>>) {
+        let (pt_name, transposed) =
+            pytorch_name(path.segments(), innermost_struct(path.containers()), D);
         let device = param.lazy_device().inner();
         self.out.push(ParamInfo {
-            path: self.path.join("."),
+            path: path.name(),
             pt_name,
             shape: param.lazy_shape().dims::<D>().to_vec(),
             transposed,

@@ -28,9 +28,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
+
+use ssl_models::visit::{NamedMapper, NamedVisitor, TensorPath, map_named, visit_named};
 
 use crate::error::{MhclError, Result};
 
@@ -163,51 +165,33 @@ pub(crate) struct Buffers {
     int: HashMap<String, Tensor<1, Int>>,
 }
 
-struct CollectBuffers {
-    path: Vec<String>,
-    out: Buffers,
-}
+struct CollectBuffers(Buffers);
 
-impl ModuleVisitor for CollectBuffers {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
+impl NamedVisitor for CollectBuffers {
+    fn float<const D: usize>(&mut self, path: &TensorPath, param: &Param<Tensor<D>>) {
+        let path = path.name();
         if is_buffer(&path) {
-            self.out.float.insert(path, param.val().reshape([-1]));
+            self.0.float.insert(path, param.val().reshape([-1]));
         }
     }
 
-    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
-        let path = self.path.join(".");
+    fn int<const D: usize>(&mut self, path: &TensorPath, param: &Param<Tensor<D, Int>>) {
+        let path = path.name();
         if is_buffer(&path) {
-            self.out.int.insert(path, param.val().reshape([-1]));
+            self.0.int.insert(path, param.val().reshape([-1]));
         }
     }
 }
 
-struct RestoreBuffers {
-    path: Vec<String>,
-    from: Buffers,
-}
+struct RestoreBuffers(Buffers);
 
-impl ModuleMapper for RestoreBuffers {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(new) = self.from.float.remove(&self.path.join(".")) else {
+impl NamedMapper for RestoreBuffers {
+    fn float<const D: usize>(
+        &mut self,
+        path: &TensorPath,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
+        let Some(new) = self.0.float.remove(&path.name()) else {
             return param;
         };
         param.map(|old| {
@@ -216,8 +200,12 @@ impl ModuleMapper for RestoreBuffers {
         })
     }
 
-    fn map_int<const D: usize>(&mut self, param: Param<Tensor<D, Int>>) -> Param<Tensor<D, Int>> {
-        let Some(new) = self.from.int.remove(&self.path.join(".")) else {
+    fn int<const D: usize>(
+        &mut self,
+        path: &TensorPath,
+        param: Param<Tensor<D, Int>>,
+    ) -> Param<Tensor<D, Int>> {
+        let Some(new) = self.0.int.remove(&path.name()) else {
             return param;
         };
         param.map(|old| new.reshape(old.shape()))
@@ -226,21 +214,15 @@ impl ModuleMapper for RestoreBuffers {
 
 /// The BatchNorm buffers of `module` (the low-precision copy after its forward).
 pub(crate) fn buffers<M: Module>(module: &M) -> Buffers {
-    let mut c = CollectBuffers {
-        path: Vec::new(),
-        out: Buffers::default(),
-    };
-    module.visit(&mut c);
-    c.out
+    let mut c = CollectBuffers(Buffers::default());
+    visit_named(module, &mut c);
+    c.0
 }
 
 /// Writes `buffers` into the BatchNorm buffers of `module` at the same paths, cast to the
 /// module's dtype; parameters are untouched.
 pub(crate) fn write_back_buffers<M: Module>(module: M, buffers: Buffers) -> M {
-    module.map(&mut RestoreBuffers {
-        path: Vec::new(),
-        from: buffers,
-    })
+    map_named(module, &mut RestoreBuffers(buffers))
 }
 
 #[cfg(test)]

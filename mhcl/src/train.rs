@@ -52,13 +52,14 @@ use ssl_augment::{
 use crate::checkpoint::{Checkpoint, CheckpointMeta, ModelMeta, RngState};
 use crate::config::{Augmentation, PretrainConfig};
 use crate::data;
-use crate::dist::{Launch, RankCtx};
+use crate::dist::RankCtx;
 use crate::error::{MhclError, Result};
 use crate::knn::{KNN_K, KNN_T, KnnResult, weighted_knn};
 use crate::metrics::EpochMetrics;
 use crate::model::{Mhcl, MhclConfig};
 use crate::observe::{EpochStarted, Observer, RunStarted, Running, StepReport, StopToken};
 use crate::optim::Sgd;
+use crate::runner::Runner;
 
 pub use crate::rng::step_rng;
 
@@ -84,65 +85,17 @@ pub struct PretrainOutcome {
     pub seed: u64,
 }
 
-/// Runs one pretraining from a [`PretrainConfig`]; see the module docs.
-#[derive(Debug)]
-pub struct Pretrainer {
-    config: PretrainConfig,
-    launch: Launch,
-    stop: StopToken,
-}
+/// Runs one pretraining from a [`PretrainConfig`] (see the module docs):
+/// `Pretrainer::new(config)?.run(&mut observer)`.
+pub type Pretrainer = Runner<PretrainConfig>;
 
-impl Pretrainer {
-    /// Checks `config` (every check that needs no file) and decides how the run launches
-    /// ([`crate::dist::plan`]): one process, ranks as threads, or a rank of a process group.
-    pub fn new(config: PretrainConfig) -> Result<Self> {
-        config.validate()?;
-        let (batch, workers) = (config.training.batch_size, config.data.workers);
-        let launch = Launch::for_run(&config.dist, batch, workers)?;
-        let layout = launch.layout(config.training.batch_size, config.data.workers);
-        if layout.world_size > 1 {
-            config
-                .model
-                .check_batch(layout.batch_size * layout.world_size, layout.batch_size)
-                .map_err(|e| e.within("model"))?;
-        }
-        Ok(Self {
-            config,
-            launch,
-            stop: StopToken::new(),
-        })
-    }
-
-    /// Uses `stop` (e.g. one a Ctrl-C handler stops) instead of a fresh token.
-    pub fn with_stop_token(mut self, stop: StopToken) -> Self {
-        self.stop = stop;
-        self
-    }
-
-    /// The token that stops this run.
-    pub fn stop_token(&self) -> &StopToken {
-        &self.stop
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &PretrainConfig {
-        &self.config
-    }
-
-    /// How the run launches. [`Launch::Spawn`] (worker processes of the `mhcl` command) is the
-    /// command's to start; [`Pretrainer::run`] refuses it.
-    pub fn launch(&self) -> &Launch {
-        &self.launch
-    }
-
+impl Runner<PretrainConfig> {
     /// Trains every rank this process hosts and returns rank 0's outcome; `observer` hears
     /// rank 0's events.
     pub fn run(&self, observer: &mut dyn Observer) -> Result<PretrainOutcome> {
-        let (batch, workers) = (self.config.training.batch_size, self.config.data.workers);
-        self.launch
-            .run_observed(batch, workers, "pretrain", observer, |ctx, obs| {
-                RankRun::setup(&self.config, ctx, &self.stop, obs)?.train()
-            })
+        self.run_ranks("pretrain", observer, |ctx, obs| {
+            RankRun::setup(&self.config, ctx, &self.stop, obs)?.train()
+        })
     }
 }
 

@@ -56,6 +56,7 @@ pub mod kernels;
 pub mod mhcl_encoder;
 pub mod resnet;
 mod transparent;
+pub mod visit;
 pub mod weights;
 
 pub use batchnorm::{BatchCounter, BatchNorm2d, BatchNorm2dConfig, Buffer};

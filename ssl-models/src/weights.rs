@@ -27,7 +27,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use crate::visit::{NamedVisitor, TensorPath, visit_named};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::store::{
     BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, bridge,
@@ -687,33 +688,17 @@ pub fn load_pytorch<M: Module>(
 /// Number of trainable values (PyTorch's `sum(p.numel() for p in model.parameters())`):
 /// every float tensor except the BatchNorm buffers `running_mean` / `running_var`.
 pub fn parameter_count<M: Module>(module: &M) -> usize {
-    struct Count {
-        last: Vec<String>,
-        n: usize,
-    }
-    impl ModuleVisitor for Count {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.last.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.last.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            let buffer = matches!(
-                self.last.last().map(String::as_str),
-                Some("running_mean" | "running_var")
-            );
-            if !buffer {
-                self.n += p.lazy_shape().num_elements();
+    struct Count(usize);
+    impl NamedVisitor for Count {
+        fn float<const D: usize>(&mut self, path: &TensorPath, p: &Param<Tensor<D>>) {
+            if !matches!(path.last(), Some("running_mean" | "running_var")) {
+                self.0 += p.lazy_shape().num_elements();
             }
         }
     }
-    let mut c = Count {
-        last: Vec::new(),
-        n: 0,
-    };
-    module.visit(&mut c);
-    c.n
+    let mut c = Count(0);
+    visit_named(module, &mut c);
+    c.0
 }
 
 /// Writes `bytes` to `path` atomically (temporary file + rename); for small side files such as

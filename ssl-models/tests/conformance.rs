@@ -7,12 +7,11 @@
 //! after the forward (`w_after.*`); then compare an eval-mode forward. Every shape and setting
 //! comes from the manifest.
 
-use std::collections::BTreeMap;
-
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::Gradients;
 use ssl_conformance::{Case, ConformanceSet};
+use ssl_models::visit::named_grads;
 use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
 use ssl_models::{Arch, Bottleneck, MhclEncoderConfig};
 
@@ -110,49 +109,6 @@ impl Checker<'_> {
             r
         );
     }
-}
-
-/// Gradients of every float parameter by PyTorch name, in PyTorch layout (Linear weights
-/// transposed back to `(out, in)`).
-fn named_grads<M: Module>(module: &M, grads: &Gradients) -> BTreeMap<String, Tensor<2>> {
-    struct Collect<'a> {
-        path: Vec<String>,
-        containers: Vec<String>,
-        grads: &'a Gradients,
-        out: BTreeMap<String, Tensor<2>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            self.path.push(name.to_string());
-            self.containers.push(container.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-            self.containers.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            let Some(g) = p.val().grad(self.grads) else {
-                return;
-            };
-            let linear_weight = D == 2
-                && self.containers.last().map(String::as_str) == Some("Struct:Linear")
-                && self.path.last().map(String::as_str) == Some("weight");
-            let dims = g.dims();
-            // Flatten to 2-d (rows = first dim) so one map type holds every rank.
-            let rows = dims.first().copied().unwrap_or(1);
-            let g2: Tensor<2> = g.reshape([rows as i64, -1]);
-            let g2 = if linear_weight { g2.transpose() } else { g2 };
-            self.out.insert(self.path.join("."), g2);
-        }
-    }
-    let mut c = Collect {
-        path: vec![],
-        containers: vec![],
-        grads,
-        out: BTreeMap::new(),
-    };
-    module.visit(&mut c);
-    c.out
 }
 
 fn check_grads<M: Module>(

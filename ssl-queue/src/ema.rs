@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
+use ssl_models::visit::{NamedMapper, NamedVisitor, TensorPath, map_named, visit_named};
 
 use crate::error::{QueueError, Result};
 
@@ -76,18 +77,16 @@ fn prepare<M: Module>(
         return Err(QueueError::Momentum(m));
     }
     let mut src = Collect {
-        path: Vec::new(),
         skip: skip_suffixes,
         tensors: HashMap::new(),
         order: Vec::new(),
     };
-    source.visit(&mut src);
+    visit_named(source, &mut src);
     let mut tgt = Shapes {
-        path: Vec::new(),
         skip: skip_suffixes,
         shapes: Vec::new(),
     };
-    target.visit(&mut tgt);
+    visit_named(target, &mut tgt);
 
     let mut problems = Vec::new();
     for (path, shape) in &tgt.shapes {
@@ -118,13 +117,12 @@ fn apply<M: Module>(
     skip_suffixes: &[&str],
 ) -> M {
     let mut mapper = Ema {
-        path: Vec::new(),
         skip: skip_suffixes,
         source,
         m: m as f32,
         one_minus_m: (1.0 - m) as f32,
     };
-    target.map(&mut mapper)
+    map_named(target, &mut mapper)
 }
 
 /// `k * m + q * (1 - m)` for f32 tensors on the Flex CPU device (`k`, `q` on the plain device)
@@ -166,23 +164,14 @@ fn is_skipped(path: &str, skip: &[&str]) -> bool {
 
 /// Source parameters, flattened, by path.
 struct Collect<'a> {
-    path: Vec<String>,
     skip: &'a [&'a str],
     tensors: HashMap<String, (Vec<usize>, Tensor<1>)>,
     order: Vec<String>,
 }
 
-impl ModuleVisitor for Collect<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
+impl NamedVisitor for Collect<'_> {
+    fn float<const D: usize>(&mut self, path: &TensorPath, param: &Param<Tensor<D>>) {
+        let path = path.name();
         if is_skipped(&path, self.skip) {
             return;
         }
@@ -195,22 +184,13 @@ impl ModuleVisitor for Collect<'_> {
 
 /// Target parameter shapes, in visiting order.
 struct Shapes<'a> {
-    path: Vec<String>,
     skip: &'a [&'a str],
     shapes: Vec<(String, Vec<usize>)>,
 }
 
-impl ModuleVisitor for Shapes<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
+impl NamedVisitor for Shapes<'_> {
+    fn float<const D: usize>(&mut self, path: &TensorPath, param: &Param<Tensor<D>>) {
+        let path = path.name();
         if !is_skipped(&path, self.skip) {
             self.shapes.push((path, param.lazy_shape().to_vec()));
         }
@@ -218,24 +198,19 @@ impl ModuleVisitor for Shapes<'_> {
 }
 
 struct Ema<'a> {
-    path: Vec<String>,
     skip: &'a [&'a str],
     source: HashMap<String, (Vec<usize>, Tensor<1>)>,
     m: f32,
     one_minus_m: f32,
 }
 
-impl ModuleMapper for Ema<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
+impl NamedMapper for Ema<'_> {
+    fn float<const D: usize>(
+        &mut self,
+        path: &TensorPath,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
+        let path = path.name();
         if is_skipped(&path, self.skip) {
             return param;
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::decay::WeightDecayConfig;
@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use ssl_distributed::{LocalGroup, ProcessGroup, average_gradients, concat_all_gather, run_local};
+use ssl_models::visit::{NamedMapper, NamedVisitor, TensorPath, map_named, visit_named};
 
 const S: usize = 2; // plain scales; 2S with the hard ones
 const C: usize = 8; // feature dim
@@ -43,19 +44,16 @@ struct Encoder {
 
 /// Deterministic weights from a seeded generator (BN buffers untouched).
 struct Init {
-    path: Vec<String>,
     rng: StdRng,
 }
 
-impl ModuleMapper for Init {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.join(".");
+impl NamedMapper for Init {
+    fn float<const D: usize>(
+        &mut self,
+        path: &TensorPath,
+        p: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
+        let name = path.name();
         if name.ends_with("running_mean") || name.ends_with("running_var") {
             return p;
         }
@@ -93,10 +91,12 @@ impl Encoder {
             head1: LinearConfig::new(6, C).init(device),
             head2: LinearConfig::new(10, C).init(device),
         };
-        enc.map(&mut Init {
-            path: vec![],
-            rng: StdRng::seed_from_u64(42),
-        })
+        map_named(
+            enc,
+            &mut Init {
+                rng: StdRng::seed_from_u64(42),
+            },
+        )
     }
 
     /// (N, S, C), L2-normalized over C.
@@ -125,20 +125,13 @@ fn normalize(x: Tensor<3>) -> Tensor<3> {
 
 /// Flat copies of the float parameters by path (optionally without BN buffers).
 struct Collect {
-    path: Vec<String>,
     out: HashMap<String, Tensor<1>>,
     buffers: bool,
 }
 
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        let k = self.path.join(".");
+impl NamedVisitor for Collect {
+    fn float<const D: usize>(&mut self, path: &TensorPath, p: &Param<Tensor<D>>) {
+        let k = path.name();
         if !self.buffers && (k.ends_with("running_mean") || k.ends_with("running_var")) {
             return;
         }
@@ -148,30 +141,26 @@ impl ModuleVisitor for Collect {
 
 fn params(m: &Encoder, buffers: bool) -> HashMap<String, Tensor<1>> {
     let mut c = Collect {
-        path: vec![],
         out: HashMap::new(),
         buffers,
     };
-    m.visit(&mut c);
+    visit_named(m, &mut c);
     c.out
 }
 
 /// MoCo's momentum update of the key encoder (parameters only).
 struct Ema {
-    path: Vec<String>,
     src: HashMap<String, Tensor<1>>,
     m: f64,
 }
 
-impl ModuleMapper for Ema {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        match self.src.remove(&self.path.join(".")) {
+impl NamedMapper for Ema {
+    fn float<const D: usize>(
+        &mut self,
+        path: &TensorPath,
+        p: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
+        match self.src.remove(&path.name()) {
             None => p,
             Some(q) => {
                 let m = self.m;
@@ -244,11 +233,13 @@ fn train(group: &dyn ProcessGroup, repeat: usize) -> Outcome {
         let im_k = images(step, 1, repeat, &device);
         let mix = draw(&mut mix_rng);
         let q = enc_q.forward(im_q);
-        enc_k = enc_k.map(&mut Ema {
-            path: vec![],
-            src: params(&enc_q, false),
-            m: 0.99,
-        });
+        enc_k = map_named(
+            enc_k,
+            &mut Ema {
+                src: params(&enc_q, false),
+                m: 0.99,
+            },
+        );
         let k = enc_k.forward(im_k).detach();
         let [n, _, _] = q.dims();
         let lam = Tensor::<3>::from_data(TensorData::new(mix.lam.clone(), [1, S, 1]), &device);
