@@ -171,11 +171,16 @@ const POINTWISE_MAX_CHANNELS: usize = 256;
 /// at 2x2 takes 13 ms forward and 28 ms backward instead of 30 and 73; a shortcut's backward
 /// 1.5 ms instead of 8.
 ///
+/// Every other such convolution (the 3x3 ones, the stem, strided ones) runs through
+/// [`crate::kernels::conv::conv2d`]: burn-flex's forward with the gradients as one matrix
+/// product per image.
+///
 /// The product is `cols (N*Ho*Wo, C*kh*kw) @ weight (O, C*kh*kw)^T`, where `cols` holds the
 /// input patches (zero padded) in the weight's `(C, kh, kw)` order; it is built from strided
 /// slices of the input, so the gradients come from the same tensor operations. The values are
 /// the convolution's up to float rounding (sums in another order, about 1e-6 relative).
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    use crate::kernels::conv::{ConvGeometry, conv2d as gemm_conv2d};
     let [n, c, h, w] = x.dims();
     let [kh, kw] = conv.kernel_size;
     let [sh, sw] = conv.stride;
@@ -210,6 +215,13 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let small = positions <= GEMM_CONV_MAX_POSITIONS
         || (pointwise_strided && positions <= GEMM_CONV_MAX_POSITIONS_1X1);
     if !small {
+        if top == bottom && left == right {
+            let geometry = ConvGeometry {
+                stride: [sh, sw],
+                padding: [top, left],
+            };
+            return gemm_conv2d(x, conv.weight.val(), geometry);
+        }
         return conv.forward(x);
     }
     let weight = conv.weight.val();

@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use proptest::prelude::*;
 use ssl_models::kernels::batchnorm::batch_norm_train;
+use ssl_models::kernels::conv::{ConvGeometry, conv2d};
 
 fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
@@ -105,4 +106,59 @@ fn fused_batch_norm_feeding_a_convolution_directly_has_burns_gradients() {
     assert!(max_rel_diff(a.0, b.0) < 1e-4, "dx");
     assert!(max_rel_diff(a.1, b.1) < 1e-4, "dgamma");
     assert!(max_rel_diff(a.2, b.2) < 1e-4, "dweight");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn gemm_conv2d_matches_burn_in_values_and_both_gradients(
+        n in 1usize..4, c in 1usize..6, o in 1usize..6, h in 1usize..10, w in 1usize..10,
+        k in prop::sample::select(vec![1usize, 3, 5, 7]), stride in 1usize..4, pad in 0usize..4,
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+        let device = Device::flex().autodiff();
+        device.seed(seed);
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.5), &device);
+        let geometry = ConvGeometry { stride: [stride, stride], padding: [pad, pad] };
+
+        let (x1, w1) = (x.clone().require_grad(), weight.clone().require_grad());
+        let y1 = conv2d(x1.clone(), w1.clone(), geometry);
+        let r = Tensor::<4>::random(y1.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let grads1 = y1.clone().mul(r.clone()).sum().backward();
+
+        let (x2, w2) = (x.require_grad(), weight.require_grad());
+        let options = burn::tensor::ops::ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
+        let y2 = burn::tensor::module::conv2d(x2.clone(), w2.clone(), None, options);
+        let grads2 = y2.clone().mul(r).sum().backward();
+
+        prop_assert!(max_rel_diff(y1.inner(), y2.inner()) < 1e-5);
+        let dx = max_rel_diff(x1.grad(&grads1).unwrap(), x2.grad(&grads2).unwrap());
+        let dw = max_rel_diff(w1.grad(&grads1).unwrap(), w2.grad(&grads2).unwrap());
+        prop_assert!(dx < 1e-5, "dx {dx}");
+        prop_assert!(dw < 1e-5, "dweight {dw}");
+    }
+}
+
+#[test]
+fn gemm_conv2d_falls_back_to_burn_for_other_dtypes_and_without_autodiff() {
+    let device = Device::flex();
+    let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+    let weight = Tensor::<4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+    let g = ConvGeometry {
+        stride: [2, 2],
+        padding: [1, 1],
+    };
+    let options = burn::tensor::ops::ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    let want = burn::tensor::module::conv2d(x.clone(), weight.clone(), None, options);
+    assert!(max_rel_diff(conv2d(x.clone(), weight.clone(), g), want.clone()) < 1e-6);
+    let half = conv2d(
+        x.cast(burn::tensor::DType::BF16),
+        weight.cast(burn::tensor::DType::BF16),
+        g,
+    );
+    assert_eq!(half.dtype(), burn::tensor::DType::BF16);
+    assert!(max_rel_diff(half.cast(burn::tensor::DType::F32), want) < 5e-2);
 }

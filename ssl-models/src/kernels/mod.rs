@@ -3,5 +3,7 @@
 //! (`tests/kernels.rs`). Every kernel falls back to burn's operation on other devices and dtypes.
 //!
 //! * [`batchnorm`]: BatchNorm2d in training mode, forward and backward fused.
+//! * [`conv`]: 2-D convolution with both gradients as matrix products per image.
 
 pub mod batchnorm;
+pub mod conv;
