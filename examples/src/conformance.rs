@@ -40,7 +40,7 @@ use mhcl::curves::{CurveConfig, compare_curves, loss_curve};
 use mhcl::device::{catch_silent, one_line, parse_device};
 use mhcl::optim::SgdConfig;
 use mhcl::precision::Precision;
-use ssl_conformance::{Case, ConformanceSet, compare};
+use ssl_conformance::{Case, Checker, ConformanceSet};
 use ssl_losses::{
     HardFeatureLossConfig, HardMixing, InfoNceLoss, cross_entropy, hard_features, mixed_queue,
     moco_logits, normalize, topk_accuracy,
@@ -50,86 +50,19 @@ use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, modul
 use ssl_models::{Arch, Bottleneck, MhclEncoderConfig};
 use ssl_queue::MomentumQueue;
 
-/// Comparisons of one case.
-struct Checker<'a> {
-    case: &'a Case,
-    /// Tensors compared.
-    count: usize,
-    /// Worst `|got - want| / (atol + rtol |want|)` and the tensor it belongs to.
-    worst: (f64, String),
-    failures: Vec<String>,
-}
-
-impl<'a> Checker<'a> {
-    fn new(case: &'a Case) -> Self {
-        Self {
-            case,
-            count: 0,
-            worst: (0.0, String::new()),
-            failures: Vec::new(),
-        }
-    }
-
-    fn check(&mut self, name: &str, got: &[f32]) {
-        self.count += 1;
-        let want = self.case.f32(name);
-        let (atol, rtol) = if self.case.tensor(name).dtype == "I64" {
-            (0.0, 0.0)
+/// The GPU check's record of a case compared by [`Checker`].
+fn outcome(c: &Checker) -> Outcome {
+    let (worst_ratio, worst_tensor) = c.worst();
+    Outcome {
+        status: if c.failures().is_empty() {
+            Status::Pass
         } else {
-            self.case.tolerance(name)
-        };
-        if want.len() != got.len() {
-            self.failures
-                .push(format!("{name}: {} values, want {}", got.len(), want.len()));
-            return;
-        }
-        let ratio = want
-            .iter()
-            .zip(got)
-            .map(|(&w, &g)| {
-                let err = (f64::from(g) - f64::from(w)).abs();
-                let tol = atol + rtol * f64::from(w).abs();
-                match (tol == 0.0, err == 0.0) {
-                    (true, true) => 0.0,
-                    (true, false) => f64::INFINITY,
-                    _ => err / tol,
-                }
-            })
-            .fold(0.0, f64::max);
-        let ratio = if ratio.is_nan() { f64::INFINITY } else { ratio };
-        if ratio > self.worst.0 || self.worst.1.is_empty() {
-            self.worst = (ratio, name.to_string());
-        }
-        if let Some(msg) = compare(&want, got, atol, rtol) {
-            self.failures.push(format!("{name}: {}", one_line(&msg)));
-        }
-    }
-
-    fn check_tensor<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
-        if t.dims().to_vec() != self.case.shape(name) {
-            self.count += 1;
-            self.failures.push(format!(
-                "{name}: shape {:?}, want {:?}",
-                t.dims(),
-                self.case.shape(name)
-            ));
-            return;
-        }
-        self.check(name, &values(t));
-    }
-
-    fn outcome(self) -> Outcome {
-        Outcome {
-            status: if self.failures.is_empty() {
-                Status::Pass
-            } else {
-                Status::Fail
-            },
-            tensors: self.count,
-            worst_ratio: self.worst.0,
-            worst_tensor: self.worst.1,
-            detail: self.failures.join("; "),
-        }
+            Status::Fail
+        },
+        tensors: c.count(),
+        worst_ratio,
+        worst_tensor: worst_tensor.to_string(),
+        detail: c.failures().join("; "),
     }
 }
 
@@ -202,20 +135,20 @@ fn tensors_with_prefix(case: &Case, prefix: &str) -> TensorMap {
 
 fn check_grads<M: Module>(checker: &mut Checker<'_>, module: &M, grads: &Gradients) {
     let all = named_grads(module, grads);
-    for p in checker.case.param_strings("grad_params") {
+    for p in checker.case().param_strings("grad_params") {
         match all.get(&p) {
             Some(g) => checker.check(&format!("grad.{p}"), &values(g.clone())),
-            None => checker.failures.push(format!("no gradient for `{p}`")),
+            None => checker.fail(format!("no gradient for `{p}`")),
         }
     }
 }
 
 fn check_buffers<M: Module>(checker: &mut Checker<'_>, module: &M) {
     let state = module_tensors(module).expect("module tensors");
-    for n in checker.case.names_with_prefix("w_after.") {
+    for n in checker.case().names_with_prefix("w_after.") {
         match state.get(&n) {
             Some(got) => checker.check(&format!("w_after.{n}"), &got.to_f32()),
-            None => checker.failures.push(format!("model has no `{n}`")),
+            None => checker.fail(format!("model has no `{n}`")),
         }
     }
 }
@@ -254,7 +187,7 @@ fn encoder_case(set: &ConformanceSet, name: &str, device: &Device) -> Outcome {
     let o = eval.forward_with_features(tensor::<4>(&case, "x", device));
     c.check_tensor("out_eval", o.out);
     c.check_tensor("features_eval", o.features);
-    c.outcome()
+    outcome(&c)
 }
 
 fn bottleneck_case(set: &ConformanceSet, device: &Device) -> Outcome {
@@ -279,7 +212,7 @@ fn bottleneck_case(set: &ConformanceSet, device: &Device) -> Outcome {
     check_buffers(&mut c, &block);
     let out = block.valid().forward(tensor(&case, "x", device));
     c.check_tensor("out_eval", out);
-    c.outcome()
+    outcome(&c)
 }
 
 fn infonce_case(set: &ConformanceSet, device: &Device) -> Outcome {
@@ -308,7 +241,7 @@ fn infonce_case(set: &ConformanceSet, device: &Device) -> Outcome {
         .expect("loss");
     let grads = out.loss.backward();
     c.check("dloss_dq_raw", &values(raw.grad(&grads).expect("grad")));
-    c.outcome()
+    outcome(&c)
 }
 
 fn hard_loss_case(set: &ConformanceSet, name: &str, device: &Device) -> Outcome {
@@ -363,7 +296,7 @@ fn hard_loss_case(set: &ConformanceSet, name: &str, device: &Device) -> Outcome 
     ring.enqueue(out.keys).expect("enqueue");
     c.check("queue_after", &values(ring.tensor()));
     c.check("ptr_after", &[ring.ptr() as f32]);
-    c.outcome()
+    outcome(&c)
 }
 
 fn probe_metrics_case(set: &ConformanceSet, device: &Device) -> Outcome {
@@ -382,7 +315,7 @@ fn probe_metrics_case(set: &ConformanceSet, device: &Device) -> Outcome {
     c.check("acc5", &[acc[1]]);
     let grads = loss.backward();
     c.check("dloss_dlogits", &values(logits.grad(&grads).expect("grad")));
-    c.outcome()
+    outcome(&c)
 }
 
 /// Parameters as flat vectors: SGD is element-wise.
@@ -430,13 +363,11 @@ fn sgd_case(set: &ConformanceSet, device: &Device) -> Outcome {
             c.check(&format!("step{s}.p{i}"), &values(param.val()));
             match buffers.iter().find(|b| b.name == format!("params.{i}")) {
                 Some(b) => c.check(&format!("step{s}.buf{i}"), &b.values),
-                None => c
-                    .failures
-                    .push(format!("no momentum buffer for params.{i}")),
+                None => c.fail(format!("no momentum buffer for params.{i}")),
             }
         }
     }
-    c.outcome()
+    outcome(&c)
 }
 
 /// bf16 training follows f32 (see `mhcl::curves::loss_curve`).

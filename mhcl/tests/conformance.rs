@@ -30,7 +30,7 @@ fn sgd_and_schedule() {
     let n_params = p["param_shapes"].as_array().expect("param_shapes").len();
     assert!(n_params > 0 && steps > 0);
 
-    let device = Device::flex().autodiff();
+    let device = ssl_conformance::test_device().autodiff();
     let mut model = Flat {
         params: (0..n_params)
             .map(|i| {

@@ -20,7 +20,10 @@
 //! Every shape must come from the manifest ([`Case::shape`], [`Case::params`]): the same tests
 //! run against other vector sets with other shapes.
 
+pub mod checker;
 pub mod fuzz;
+
+pub use checker::{Checker, DEVICE_VAR, error_ratio, test_device};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use ssl_losses::{
 use ssl_queue::MomentumQueue;
 
 fn device() -> Device {
-    Device::flex().autodiff()
+    ssl_conformance::test_device().autodiff()
 }
 
 fn tensor<const D: usize>(case: &Case, name: &str, dev: &Device) -> Tensor<D> {

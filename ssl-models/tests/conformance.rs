@@ -10,7 +10,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::Gradients;
-use ssl_conformance::{Case, ConformanceSet};
+use ssl_conformance::{Case, Checker, ConformanceSet, test_device};
 use ssl_models::visit::named_grads;
 use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
 use ssl_models::{Arch, Bottleneck, MhclEncoderConfig};
@@ -44,73 +44,6 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()
 }
 
-/// Worst `|got - want| / (atol + rtol*|want|)` over the tensor: <= 1 passes.
-fn ratio(case: &Case, name: &str, got: &[f32]) -> f64 {
-    let want = case.f32(name);
-    let (atol, rtol) = if case.tensor(name).dtype == "I64" {
-        (0.0, 0.0)
-    } else {
-        case.tolerance(name)
-    };
-    want.iter()
-        .zip(got)
-        .map(|(&w, &g)| {
-            let err = (f64::from(g) - f64::from(w)).abs();
-            let tol = atol + rtol * f64::from(w).abs();
-            if tol == 0.0 {
-                if err == 0.0 { 0.0 } else { f64::INFINITY }
-            } else {
-                err / tol
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Compares and records the worst error ratio of each tensor.
-struct Checker<'a> {
-    case: &'a Case,
-    worst: Vec<(String, f64)>,
-}
-
-impl Checker<'_> {
-    fn check(&mut self, name: &str, got: &[f32]) {
-        assert_eq!(
-            self.case.shape(name).iter().product::<usize>(),
-            got.len(),
-            "{}/{name}: element count",
-            self.case.name
-        );
-        self.case.assert_close(name, got);
-        self.worst
-            .push((name.to_string(), ratio(self.case, name, got)));
-    }
-
-    fn check_tensor<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
-        assert_eq!(
-            t.dims().to_vec(),
-            self.case.shape(name),
-            "{}/{name}: shape",
-            self.case.name
-        );
-        self.check(name, &values(t));
-    }
-
-    fn report(&self) {
-        let (name, r) = self
-            .worst
-            .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .cloned()
-            .unwrap_or_default();
-        eprintln!(
-            "{}: {} tensors within tolerance; worst {name} at {:.3} of its tolerance",
-            self.case.name,
-            self.worst.len(),
-            r
-        );
-    }
-}
-
 fn check_grads<M: Module>(
     checker: &mut Checker<'_>,
     module: &M,
@@ -122,22 +55,22 @@ fn check_grads<M: Module>(
     for p in names {
         let g = all
             .get(p)
-            .unwrap_or_else(|| panic!("{}: no gradient for `{p}`", checker.case.name));
+            .unwrap_or_else(|| panic!("{}: no gradient for `{p}`", checker.case().name));
         checker.check(&format!("grad.{p}"), &values(g.clone()));
     }
 }
 
 fn check_buffers<M: Module>(checker: &mut Checker<'_>, module: &M) {
     let state = module_tensors(module).unwrap();
-    let names = checker.case.names_with_prefix("w_after.");
+    let names = checker.case().names_with_prefix("w_after.");
     assert!(!names.is_empty());
     for n in names {
         let got = state
             .get(&n)
-            .unwrap_or_else(|| panic!("{}: model has no `{n}`", checker.case.name));
+            .unwrap_or_else(|| panic!("{}: model has no `{n}`", checker.case().name));
         assert_eq!(
             got.shape,
-            checker.case.shape(&format!("w_after.{n}")),
+            checker.case().shape(&format!("w_after.{n}")),
             "{n}"
         );
         checker.check(&format!("w_after.{n}"), &got.to_f32());
@@ -170,7 +103,7 @@ fn encoder_case(name: &str) {
         .with_multiscale(out_shape[1] > 1);
     assert_eq!(config.scales(), out_shape[1]);
 
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     let encoder = config.init(&device);
     assert_eq!(encoder.feature_dim(), case.param_usize("feat_dim"));
     let (encoder, report) = load_tensors(
@@ -181,10 +114,7 @@ fn encoder_case(name: &str) {
     .unwrap();
     assert!(report.missing.is_empty() && report.unused.is_empty());
 
-    let mut checker = Checker {
-        case: &case,
-        worst: vec![],
-    };
+    let mut checker = Checker::new(&case);
 
     // Train-mode forward and backward.
     let x = input(&case, "x", &device).require_grad();
@@ -221,7 +151,7 @@ fn encoder_case(name: &str) {
     let o = eval.forward_with_features(x);
     checker.check_tensor("out_eval", o.out);
     checker.check_tensor("features_eval", o.features);
-    checker.report();
+    checker.assert_passed();
 }
 
 #[test]
@@ -244,15 +174,12 @@ fn bottleneck_block_r50() {
     assert_eq!(case.param_usize("expansion"), Bottleneck::EXPANSION);
     let downsample = case.params()["downsample"].as_bool().expect("downsample");
 
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     let block = Bottleneck::with_downsample(inplanes, planes, stride, downsample, &device);
     let (block, _) =
         load_tensors(block, tensors_with_prefix(&case, "w."), &LoadOptions::new()).unwrap();
 
-    let mut checker = Checker {
-        case: &case,
-        worst: vec![],
-    };
+    let mut checker = Checker::new(&case);
     let x = input(&case, "x", &device).require_grad();
     let out = block.forward(x.clone());
     let r = input(&case, "r", &device);
@@ -270,5 +197,5 @@ fn bottleneck_block_r50() {
     let eval = block.valid();
     let out = eval.forward(input(&case, "x", &device.clone().inner()));
     checker.check_tensor("out_eval", out);
-    checker.report();
+    checker.assert_passed();
 }

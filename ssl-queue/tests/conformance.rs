@@ -25,7 +25,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn check_enqueue(name: &str) {
     let set = ConformanceSet::open();
     let case = set.case(name);
-    let dev = Device::flex();
+    let dev = ssl_conformance::test_device();
     let queue: Tensor<3> = tensor(&case, "queue", &dev);
     let keys: Tensor<3> = tensor(&case, "keys", &dev);
     let ptr = case.i64("ptr")[0] as usize;
@@ -52,7 +52,7 @@ fn mhcl_hard_loss_wrap_enqueue() {
 fn enqueue_needs_a_multiple_of_the_batch() {
     let set = ConformanceSet::open();
     let case = set.case("mhcl_hard_loss");
-    let dev = Device::flex();
+    let dev = ssl_conformance::test_device();
     let queue: Tensor<3> = tensor(&case, "queue", &dev);
     let [s, c, k] = queue.dims();
     let mut q = MomentumQueue::from_parts(queue, 0).unwrap();
@@ -113,7 +113,7 @@ fn tiny(case: &Case, prefix: &str, dev: &Device) -> Tiny {
 fn momentum_update() {
     let set = ConformanceSet::open();
     let case = set.case("momentum_update");
-    let dev = Device::flex().autodiff();
+    let dev = ssl_conformance::test_device().autodiff();
     let m = case.param_f64("m");
     let q = tiny(&case, "q", &dev);
     let k = tiny(&case, "k", &dev).no_grad();
