@@ -81,6 +81,14 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
+    /// What to do about unreadable images (`verify_images`, `skip_corrupt`).
+    pub fn image_checks(&self) -> crate::data::ImageChecks {
+        crate::data::ImageChecks {
+            verify: self.verify_images,
+            skip_corrupt: self.skip_corrupt,
+        }
+    }
+
     fn validate(&self, min_image_size: usize, why: &str) -> Checked {
         if self.root.as_os_str().is_empty() {
             return Err(ConfigError::new("data.root", "no dataset folder given"));

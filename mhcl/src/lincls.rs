@@ -381,7 +381,7 @@ impl<'a> ProbeRank<'a> {
             return Ok(summary);
         }
         let train_loader = self.train_loader()?;
-        self.obs.notice(&self.description(&train_loader))?;
+        self.obs.notice(&self.description())?;
         let schedule = self.cfg.training.lr_schedule();
         let mut last_eval = None;
         for epoch in self.start_epoch..self.cfg.training.epochs {
@@ -408,14 +408,13 @@ impl<'a> ProbeRank<'a> {
         self.finish(&e, &train_loader)
     }
 
-    fn description(&self, train_loader: &Loader) -> String {
+    fn description(&self) -> String {
         let world = self.ctx.world_size();
         let ranks = if world > 1 {
             format!(", {world} ranks x batch {}", self.ctx.batch_size())
         } else {
             String::new()
         };
-        let _ = train_loader;
         format!(
             "=> linear probe: {} (width {}, {}-d features), {} classes, {} train / {} val images, {} epochs{ranks}",
             self.cfg.arch,
@@ -621,10 +620,7 @@ fn open_probe_data(
     cfg: &LinclsConfig,
     obs: &mut dyn Observer,
 ) -> Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
-    let checks = data::ImageChecks {
-        verify: cfg.data.verify_images,
-        skip_corrupt: cfg.data.skip_corrupt,
-    };
+    let checks = cfg.data.image_checks();
     let root = &cfg.data.root;
     let train_set = Arc::new(data::open_split_checked(root, "train", checks)?);
     let val_set = Arc::new(data::open_split_checked(root, "val", checks)?);

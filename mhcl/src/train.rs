@@ -488,10 +488,7 @@ fn open_datasets(
     ctx: &RankCtx,
     obs: &mut dyn Observer,
 ) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
-    let checks = data::ImageChecks {
-        verify: cfg.data.verify_images,
-        skip_corrupt: cfg.data.skip_corrupt,
-    };
+    let checks = cfg.data.image_checks();
     let train_set = Arc::new(data::open_split_checked(&cfg.data.root, "train", checks)?);
     if let Some(line) = data::prescan_notice(&train_set) {
         obs.notice(&line)?;

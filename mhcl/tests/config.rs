@@ -2,37 +2,14 @@
 //! the flags, config-file errors are one line naming the file and key, and checkpoints store
 //! the config (older ones, which stored the flags, still resume).
 
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::path::PathBuf;
 
 use mhcl::checkpoint::Checkpoint;
 use mhcl::cli::{Command, PretrainArgs, parse_from};
 use mhcl::config::PretrainConfig;
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let r = std::env::temp_dir().join(format!("mhcl-config-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&r);
-        mhcl::synthetic::SyntheticConfig::new()
-            .with_classes(4)
-            .with_per_class(8, 4)
-            .with_size(40)
-            .generate(&r.join("data"))
-            .unwrap();
-        r
-    })
-}
-
-fn path(name: &str) -> String {
-    root().join(name).to_string_lossy().into_owned()
-}
+mod common;
+use common::{mhcl_bin, path, root, serial};
 
 /// One epoch of a tiny MHCL run, without the dataset folder.
 const TINY: &[&str] = &[
@@ -74,19 +51,6 @@ fn args(extra: &[&str]) -> PretrainArgs {
         Command::Pretrain(a) => a,
         _ => unreachable!(),
     }
-}
-
-/// Runs the binary; returns (exit code, stdout, stderr).
-fn mhcl_bin(args: &[&str]) -> (i32, String, String) {
-    let o = Process::new(env!("CARGO_BIN_EXE_mhcl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn write(name: &str, text: &str) -> String {

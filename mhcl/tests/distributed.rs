@@ -2,9 +2,7 @@
 //! batch 2B), and `mhcl pretrain` / `mhcl lincls` with ranks as threads (`--dist-backend
 //! local`) and as worker processes over TCP, end to end on a tiny generated dataset.
 
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use burn::optim::GradientsParams;
@@ -18,6 +16,9 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use ssl_losses::HardMixing;
 use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
+
+mod common;
+use common::{mhcl_command, output_of, path};
 use ssl_models::{Arch, MhclEncoder};
 use ssl_queue::MomentumQueue;
 
@@ -267,25 +268,6 @@ fn ddp_two_ranks_equal_one_rank_with_twice_the_batch() {
 // ---------------------------------------------------------------------------------------------
 // The command line, end to end.
 
-fn root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let r = std::env::temp_dir().join(format!("mhcl-distributed-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&r);
-        mhcl::synthetic::SyntheticConfig::new()
-            .with_classes(4)
-            .with_per_class(8, 4)
-            .with_size(40)
-            .generate(&r.join("data"))
-            .unwrap();
-        r
-    })
-}
-
-fn path(name: &str) -> String {
-    root().join(name).to_string_lossy().into_owned()
-}
-
 /// Tiny MHCL settings: 32 images, batch 8 per node (2 ranks x 4), K 32, 4 steps per epoch.
 const TINY: &[&str] = &[
     "-a",
@@ -316,18 +298,9 @@ const TINY: &[&str] = &[
     "1",
 ];
 
-/// Runs the binary; returns (exit code, stdout, stderr).
+/// Runs the binary without visible GPUs; returns (exit code, stdout, stderr).
 fn mhcl_bin(args: &[&str]) -> (i32, String, String) {
-    let o = Process::new(env!("CARGO_BIN_EXE_mhcl"))
-        .args(args)
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    output_of(mhcl_command().args(args).env_remove("CUDA_VISIBLE_DEVICES"))
 }
 
 fn pretrain(out: &str, extra: &[&str]) -> (i32, String, String) {

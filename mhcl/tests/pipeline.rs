@@ -1,40 +1,16 @@
 //! End-to-end tests of the `mhcl` pipeline on a tiny generated dataset: pretrain -> checkpoint
 //! -> resume -> linear probe, resume equivalence, and the one-line errors of bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::Command as Process;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::path::Path;
 
 use mhcl::checkpoint::Checkpoint;
 use mhcl::cli::{Command, LinclsArgs, PretrainArgs, parse_from};
 
-/// Pretraining and the probe use process-wide state (the Ctrl-C flag); run them one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let r = std::env::temp_dir().join(format!("mhcl-pipeline-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&r);
-        mhcl::synthetic::SyntheticConfig::new()
-            .with_classes(4)
-            .with_per_class(8, 4)
-            .with_size(40)
-            .generate(&r.join("data"))
-            .unwrap();
-        r
-    })
-}
+mod common;
+use common::{mhcl_bin as mhcl_run, path as out, root, serial};
 
 fn data() -> String {
-    root().join("data").to_string_lossy().into_owned()
-}
-
-fn out(name: &str) -> String {
-    root().join(name).to_string_lossy().into_owned()
+    out("data")
 }
 
 /// Tiny but complete MHCL settings: 32 images, batch 8 (4 iterations per epoch), K 32.
@@ -267,14 +243,8 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
 
 /// Runs the binary; returns (exit code, stderr).
 fn mhcl_bin(args: &[&str]) -> (i32, String) {
-    let o = Process::new(env!("CARGO_BIN_EXE_mhcl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let (code, _, err) = mhcl_run(args);
+    (code, err)
 }
 
 fn expect_error(args: &[&str], needle: &str) {

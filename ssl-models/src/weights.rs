@@ -492,18 +492,7 @@ pub fn parse_safetensors(
 /// # Errors
 /// [`ModelsError::Tensor`] for a tensor whose values do not fill its shape.
 pub fn safetensors_bytes(tensors: &TensorMap) -> Result<Vec<u8>> {
-    for (name, t) in tensors {
-        t.check(name)?;
-    }
-    let views = tensors.iter().map(|(name, t)| {
-        (
-            name.as_str(),
-            View {
-                shape: &t.shape,
-                data: &t.data,
-            },
-        )
-    });
+    let views = checked_views(tensors)?;
     safetensors::serialize(views, None)
         .map_err(|e| format_err(Path::new("<memory>"), e.to_string()))
 }
@@ -511,6 +500,23 @@ pub fn safetensors_bytes(tensors: &TensorMap) -> Result<Vec<u8>> {
 struct View<'a> {
     shape: &'a [usize],
     data: &'a RawData,
+}
+
+/// The safetensors views of `tensors`, each checked to fill its shape.
+fn checked_views(tensors: &TensorMap) -> Result<Vec<(&str, View<'_>)>> {
+    tensors
+        .iter()
+        .map(|(name, t)| {
+            t.check(name)?;
+            Ok((
+                name.as_str(),
+                View {
+                    shape: &t.shape,
+                    data: &t.data,
+                },
+            ))
+        })
+        .collect()
 }
 
 impl safetensors::View for View<'_> {
@@ -578,18 +584,7 @@ pub fn write_safetensors(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
-    for (name, t) in tensors {
-        t.check(name)?;
-    }
-    let views = tensors.iter().map(|(name, t)| {
-        (
-            name.as_str(),
-            View {
-                shape: &t.shape,
-                data: &t.data,
-            },
-        )
-    });
+    let views = checked_views(tensors)?;
     let meta: Option<HashMap<String, String>> = (!metadata.is_empty()).then(|| {
         metadata
             .iter()

@@ -25,6 +25,7 @@ use crate::dist::Launch;
 use crate::error::{MhclError, Result};
 use crate::lincls::LinearProbe;
 use crate::metrics::LinclsSummary;
+use crate::runner::{RunConfig, Runner};
 use crate::train::{PretrainOutcome, Pretrainer};
 
 /// MHCL: multiscale hard-feature contrastive pretraining and linear evaluation.
@@ -91,27 +92,55 @@ pub fn stop_token() -> &'static crate::observe::StopToken {
     TOKEN.get_or_init(crate::observe::StopToken::new)
 }
 
-/// `mhcl pretrain` with parsed flags, in this process, with the console observers; the stop
-/// token is reset afterwards.
-pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
-    let config = PretrainConfig::try_from(args)?;
-    let mut observers = console::pretrain_observers(&config, args.common.no_progress);
-    let result = Pretrainer::new(config)
-        .map_err(with_flag_names)
-        .and_then(|p| p.with_stop_token(stop_token().clone()).run(&mut observers));
+/// The runner of `config` with this process's stop token; launch errors name the flags.
+fn runner<C: RunConfig>(config: C) -> Result<Runner<C>> {
+    Ok(Runner::new(config)
+        .map_err(with_flag_names)?
+        .with_stop_token(stop_token().clone()))
+}
+
+/// `result`, after resetting the stop token for a next run in this process.
+fn reset_stop<R>(result: Result<R>) -> Result<R> {
     stop_token().reset();
     result
 }
 
+/// The pretraining of `config` and its console observers.
+fn pretrainer(config: PretrainConfig, no_progress: bool) -> Result<(Pretrainer, Observers)> {
+    let observers = console::pretrain_observers(&config, no_progress);
+    Ok((runner(config)?, observers))
+}
+
+/// The probe of `config` and its console observers.
+fn linear_probe(config: LinclsConfig, no_progress: bool) -> Result<(LinearProbe, Observers)> {
+    Ok((runner(config)?, console::lincls_observers(no_progress)))
+}
+
+type Observers = Vec<Box<dyn crate::observe::Observer>>;
+
+/// `mhcl pretrain` with parsed flags, in this process, with the console observers; the stop
+/// token is reset afterwards.
+pub fn pretrain(args: &PretrainArgs) -> Result<PretrainOutcome> {
+    let (p, mut observers) = pretrainer(PretrainConfig::try_from(args)?, args.common.no_progress)?;
+    reset_stop(p.run(&mut observers))
+}
+
 /// `mhcl lincls` with parsed flags, in this process, with the console observers.
 pub fn lincls(args: &LinclsArgs) -> Result<LinclsSummary> {
-    let config = LinclsConfig::try_from(args)?;
-    let mut observers = console::lincls_observers(args.common.no_progress);
-    let result = LinearProbe::new(config)
-        .map_err(with_flag_names)
-        .and_then(|p| p.with_stop_token(stop_token().clone()).run(&mut observers));
-    stop_token().reset();
-    result
+    let (p, mut observers) = linear_probe(LinclsConfig::try_from(args)?, args.common.no_progress)?;
+    reset_stop(p.run(&mut observers))
+}
+
+/// Runs `run` with the runner, or, for multiprocessing with a process backend, starts the ranks
+/// as worker processes (copies of this one) and waits for them.
+fn run_or_spawn<C: RunConfig, R>(
+    runner: &Runner<C>,
+    run: impl FnOnce() -> Result<R>,
+) -> Result<()> {
+    match runner.launch() {
+        Launch::Spawn { nproc, .. } => crate::dist::spawn(*nproc, stop_token()),
+        _ => reset_stop(run()).map(|_| ()),
+    }
 }
 
 /// Runs a parsed command line.
@@ -123,12 +152,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_config(&config);
             }
             console::install_interrupt_handler(stop_token().clone());
-            match Pretrainer::new(config).map_err(with_flag_names)?.launch() {
-                // multiprocessing with a process backend: this process starts the ranks as
-                // worker processes (copies of itself) and waits for them
-                Launch::Spawn { nproc, .. } => crate::dist::spawn(*nproc, stop_token()),
-                _ => pretrain(&args).map(|_| ()),
-            }
+            let (p, mut observers) = pretrainer(config, args.common.no_progress)?;
+            run_or_spawn(&p, || p.run(&mut observers))
         }
         Command::Lincls(args) => {
             let config = LinclsConfig::try_from(&args)?;
@@ -136,10 +161,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_config(&config);
             }
             console::install_interrupt_handler(stop_token().clone());
-            match LinearProbe::new(config).map_err(with_flag_names)?.launch() {
-                Launch::Spawn { nproc, .. } => crate::dist::spawn(*nproc, stop_token()),
-                _ => lincls(&args).map(|_| ()),
-            }
+            let (p, mut observers) = linear_probe(config, args.common.no_progress)?;
+            run_or_spawn(&p, || p.run(&mut observers))
         }
         Command::Split(args) => run_split(&args),
         Command::Synthetic(args) => run_synthetic(&args),

@@ -166,12 +166,12 @@ fn im2col(x: &[f32], s: &Shape, cols: &mut [f32]) {
     }
 }
 
-/// `dx (C, H, W)` of one image from its patches' gradients `dcols (K, P)`.
+/// Adds the patches' gradients `dcols (K, P)` of one image into `dx (C, H, W)`, which the
+/// caller allocated zeroed.
 fn col2im(dcols: &[f32], s: &Shape, dx: &mut [f32]) {
     let p = s.p();
     let (sh, sw) = (s.g.stride[0], s.g.stride[1]);
     let (ph, pw) = (s.g.padding[0], s.g.padding[1]);
-    dx.fill(0.0);
     for c in 0..s.c {
         let plane = &mut dx[c * s.h * s.w..][..s.h * s.w];
         for i in 0..s.kh {
