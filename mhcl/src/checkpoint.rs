@@ -70,6 +70,13 @@ pub struct ModelMeta {
     pub queue_len: usize,
     /// Scales stored in the queue (8 for MHCL, 1 for MoCo).
     pub queue_scales: usize,
+    /// Input channels (bands) of the stem; 3 (RGB) in checkpoints written before the field.
+    #[serde(default = "rgb_channels")]
+    pub in_channels: usize,
+}
+
+fn rgb_channels() -> usize {
+    3
 }
 
 /// Everything in the `meta` metadata entry.

@@ -66,6 +66,13 @@ pub struct DataConfig {
     pub verify_images: bool,
     /// Skip images that cannot be read or decoded instead of stopping (`--skip-corrupt`).
     pub skip_corrupt: bool,
+    /// Bands of every image (`--bands`); `None`: those of the first training image. 8-bit RGB
+    /// images with 3 bands are read as torchvision reads them (Pillow's pixels); anything else
+    /// (more or fewer bands, 16-bit or float samples) as float bands
+    /// ([`ssl_augment::bands`]). A run records the count it used here.
+    pub bands: Option<usize>,
+    /// Per-band normalization (`--band-stats`).
+    pub band_stats: BandStatsSource,
 }
 
 impl Default for DataConfig {
@@ -76,8 +83,34 @@ impl Default for DataConfig {
             image_size: 224,
             verify_images: false,
             skip_corrupt: false,
+            bands: None,
+            band_stats: BandStatsSource::Auto,
         }
     }
+}
+
+/// Where the per-band mean and std of the normalization come from.
+///
+/// In config files `band_stats = "auto"`, `band_stats = { file = "stats.json" }` or
+/// `band_stats = { values = { mean = [...], std = [...] } }`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BandStatsSource {
+    /// 8-bit RGB images: ImageNet's mean and std, as MoCo normalizes. Band images: computed
+    /// once over `DATA/train` (or taken from the checkpoint that is resumed or probed), written
+    /// to `band_stats.json` in the output folder and recorded in the checkpoints' config.
+    #[default]
+    Auto,
+    /// A JSON file `{"mean": [...], "std": [...]}` with one value per band (`band_stats.json` of
+    /// an earlier run).
+    File(PathBuf),
+    /// The values, one per band.
+    Values {
+        /// Mean of every band.
+        mean: Vec<f32>,
+        /// Standard deviation of every band.
+        std: Vec<f32>,
+    },
 }
 
 impl DataConfig {
@@ -92,6 +125,22 @@ impl DataConfig {
     fn validate(&self, min_image_size: usize, why: &str) -> Checked {
         if self.root.as_os_str().is_empty() {
             return Err(ConfigError::new("data.root", "no dataset folder given"));
+        }
+        if let Some(n) = self.bands
+            && !(1..=ssl_augment::bands::MAX_BANDS).contains(&n)
+        {
+            return Err(ConfigError::new(
+                "data.bands",
+                format!("must be 1 to {}, got {n}", ssl_augment::bands::MAX_BANDS),
+            ));
+        }
+        if let BandStatsSource::Values { mean, std } = &self.band_stats {
+            let stats = ssl_augment::BandStats {
+                mean: mean.clone(),
+                std: std.clone(),
+            };
+            ssl_augment::band_transforms::BandNormalize::new(&stats)
+                .map_err(|e| ConfigError::new("data.band_stats", e.to_string()))?;
         }
         if self.image_size < min_image_size {
             return Err(ConfigError::new(

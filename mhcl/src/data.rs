@@ -1,10 +1,8 @@
 //! Dataset and batch helpers shared by pretraining, the kNN monitor and the linear probe.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use burn::prelude::*;
-use ssl_augment::{Batch, ImageFolder, ImageFolderOptions, Loader, LoaderConfig, SampleTransform};
+use ssl_augment::{Batch, ImageFolder, ImageFolderOptions, Loader};
+use std::path::{Path, PathBuf};
 
 use crate::error::{MhclError, Result};
 
@@ -21,11 +19,18 @@ pub struct ImageChecks {
     pub skip_corrupt: bool,
 }
 
-/// Opens `DATA/<split>` with `checks`.
-pub fn open_split_checked(data: &Path, split: &str, checks: ImageChecks) -> Result<ImageFolder> {
+/// Opens `DATA/<split>` with `checks`, its images read as `bands` bands (`None`: RGB; see
+/// [`crate::images`]).
+pub fn open_split_checked(
+    data: &Path,
+    split: &str,
+    checks: ImageChecks,
+    bands: Option<usize>,
+) -> Result<ImageFolder> {
     let options = ImageFolderOptions::default()
         .with_verify(checks.verify)
-        .with_skip_corrupt(checks.skip_corrupt);
+        .with_skip_corrupt(checks.skip_corrupt)
+        .with_bands(bands);
     open_split_with(data, split, &options)
 }
 
@@ -88,6 +93,15 @@ pub fn open_split(data: &Path, split: &str) -> Result<ImageFolder> {
     open_split_with(data, split, &ImageFolderOptions::default())
 }
 
+/// Opens `DATA/<split>` with its images read as `bands` bands (`None`: RGB).
+pub fn open_split_bands(data: &Path, split: &str, bands: Option<usize>) -> Result<ImageFolder> {
+    open_split_with(
+        data,
+        split,
+        &ImageFolderOptions::default().with_bands(bands),
+    )
+}
+
 fn open_split_with(data: &Path, split: &str, options: &ImageFolderOptions) -> Result<ImageFolder> {
     let root = data.join(split);
     if !root.is_dir() {
@@ -107,19 +121,10 @@ pub fn effective_workers(requested: usize) -> usize {
     requested.min(cores)
 }
 
-/// A loader over `dataset`.
-pub fn loader(
-    dataset: Arc<ImageFolder>,
-    transform: Arc<dyn SampleTransform>,
-    config: LoaderConfig,
-) -> Result<Loader> {
-    Loader::new(dataset, transform, config).map_err(augment)
-}
-
-/// View `v` of a batch as an `(N, 3, H, W)` tensor on `device` (moves the buffer).
+/// View `v` of a batch as an `(N, C, H, W)` tensor on `device` (moves the buffer).
 pub fn view_tensor(batch: &mut Batch, v: usize, device: &Device) -> Tensor<4> {
     let data = std::mem::take(&mut batch.views[v]);
-    let shape = [batch.n, 3, batch.h, batch.w];
+    let shape = [batch.n, batch.c, batch.h, batch.w];
     Tensor::from_data(TensorData::new(data, shape), device)
 }
 

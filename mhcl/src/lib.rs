@@ -57,6 +57,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod error;
+pub mod images;
 pub mod knn;
 pub mod lincls;
 pub mod metrics;

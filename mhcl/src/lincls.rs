@@ -25,8 +25,10 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use ssl_augment::{ImageFolder, Loader, LoaderConfig, probe_eval_transform, probe_train_transform};
-use ssl_models::weights::{LoadOptions, RawTensor, TensorMap, load_tensors, module_tensors};
+use ssl_augment::{ImageFolder, Loader, LoaderConfig};
+use ssl_models::weights::{
+    LoadOptions, RawTensor, STEM_WEIGHT, TensorMap, load_tensors, module_tensors,
+};
 use ssl_models::{Arch, LinearClassifier, LinearClassifierConfig, ResNet, ResNetConfig};
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
@@ -34,6 +36,7 @@ use crate::config::LinclsConfig;
 use crate::data;
 use crate::dist::RankCtx;
 use crate::error::{MhclError, Result};
+use crate::images::{self, ImageMode};
 use crate::metrics::{LinclsEpoch, LinclsSummary};
 use crate::observe::{EpochStarted, Observer, Running, StepReport, StopToken};
 use crate::optim::{MomentumBuffer, Sgd};
@@ -187,17 +190,22 @@ fn unprefix(tensors: TensorMap) -> TensorMap {
     tensors
 }
 
+/// The probe's backbone for `in_channels` bands: random, or loaded from a checkpoint. An RGB
+/// checkpoint loads into a stem of other bands by [`ssl_models::weights::adapt_input_conv`]'s
+/// rule; the line saying so is returned with the network.
 fn build_backbone(
     arch: Arch,
     width_flag: Option<usize>,
+    in_channels: usize,
     loaded: Option<(&Path, &Loaded)>,
     device: &Device,
-) -> Result<ResNet> {
+) -> Result<(ResNet, Option<String>)> {
     let Some((path, loaded)) = loaded else {
-        return ResNetConfig::new(arch)
+        let net = ResNetConfig::new(arch)
             .with_width(width_flag.unwrap_or(64))
-            .try_init(device)
-            .map_err(MhclError::from);
+            .with_in_channels(in_channels)
+            .try_init(device)?;
+        return Ok((net, None));
     };
     let (found_arch, width) = infer_arch(&loaded.backbone).ok_or_else(|| {
         MhclError::checkpoint(
@@ -219,14 +227,37 @@ fn build_backbone(
             format!("holds a {found_arch} of width {width}, but width (--width) is {w}"),
         ));
     }
-    let net = ResNetConfig::new(arch).with_width(width).try_init(device)?;
-    let options = LoadOptions::new().probe_backbone();
+    let stem = loaded.backbone[STEM_WEIGHT]
+        .shape
+        .get(1)
+        .copied()
+        .unwrap_or(0);
+    if stem != in_channels && stem != 3 {
+        return Err(MhclError::checkpoint(
+            path,
+            format!("its stem takes {stem} bands, but the images have {in_channels}"),
+        ));
+    }
+    let net = ResNetConfig::new(arch)
+        .with_width(width)
+        .with_in_channels(in_channels)
+        .try_init(device)?;
+    let options = LoadOptions::new()
+        .probe_backbone()
+        .with_adapt_input_conv(true);
     let (net, report) = load_tensors(net, loaded.backbone.clone(), &options)
         .map_err(|e| MhclError::checkpoint(path, e.to_string()))?;
     if report.applied.is_empty() {
         return Err(MhclError::checkpoint(path, "no backbone tensor was loaded"));
     }
-    Ok(net)
+    let adapted = (!report.adapted.is_empty()).then(|| {
+        format!(
+            "=> {}: RGB stem adapted to {in_channels} bands (filters repeated over the bands, \
+             scaled by 3/{in_channels})",
+            path.display()
+        )
+    });
+    Ok((net, adapted))
 }
 
 fn save_probe(
@@ -294,6 +325,7 @@ struct ProbeRank<'a> {
     probe: ProbeState,
     train_set: Arc<ImageFolder>,
     val_set: Arc<ImageFolder>,
+    mode: ImageMode,
     val_loader: Loader,
     val_feats: Tensor<2>,
     val_labels: Vec<usize>,
@@ -312,15 +344,35 @@ impl<'a> ProbeRank<'a> {
         obs: &'a mut dyn Observer,
     ) -> Result<Self> {
         let t_run = Instant::now();
-        let (train_set, val_set) = open_probe_data(cfg, obs)?;
+        let bands = images::detect_split_bands(&cfg.data.root, cfg.data.bands)?;
+        let (train_set, val_set) = open_probe_data(cfg, obs, bands)?;
+        let sources = read_sources(cfg)?;
+        let hint = [&sources.resume, &sources.pretrained]
+            .into_iter()
+            .flatten()
+            .find_map(|(_, l)| l.meta.as_ref())
+            .and_then(|m| images::recorded_band_stats(&m.config));
+        let (mode, computed) = images::resolve(&cfg.data, bands, &train_set, hint.as_ref())?;
         let device = cfg.device.open(ctx.device_index())?;
         if ctx.is_main() {
             data::ensure_writable_dir(&cfg.output_dir)?;
+            if computed {
+                let path = cfg.output_dir.join(images::BAND_STATS_FILE);
+                images::write_band_stats(&path, &mode.stats())?;
+                obs.notice(&format!(
+                    "=> band statistics of {} images written to {}",
+                    train_set.len(),
+                    path.display()
+                ))?;
+            }
         }
         let seed = ctx.broadcast_seed(cfg.seed.unwrap_or_else(|| rand::random::<u64>() >> 11))?;
-        let sources = read_sources(cfg)?;
         let classes = train_set.classes().len();
-        let mut probe = build_probe(cfg, &sources, classes, &device, seed, ctx)?;
+        let (mut probe, adapted) =
+            build_probe(cfg, &sources, classes, mode.channels(), &device, seed, ctx)?;
+        if let Some(notice) = &adapted {
+            obs.notice(notice)?;
+        }
         let (mut start_epoch, mut history) = (cfg.training.start_epoch, Vec::new());
         if let Some((path, loaded)) = &sources.resume {
             (start_epoch, history) = apply_probe_resume(&mut probe, path, loaded)?;
@@ -335,9 +387,9 @@ impl<'a> ProbeRank<'a> {
                 p.display()
             ))?;
         }
-        let val_loader = data::loader(
-            Arc::clone(&val_set),
-            Arc::new(probe_eval_transform(cfg.data.image_size)?),
+        let val_loader = mode.eval_loader(
+            &val_set,
+            cfg.data.image_size,
             LoaderConfig::default()
                 .with_batch_size(ctx.batch_size())
                 .with_workers(data::effective_workers(ctx.layout().workers))
@@ -359,6 +411,7 @@ impl<'a> ProbeRank<'a> {
             probe,
             train_set,
             val_set,
+            mode,
             val_loader,
             val_feats,
             val_labels,
@@ -427,10 +480,17 @@ impl<'a> ProbeRank<'a> {
         )
     }
 
+    /// The config with the band count and statistics this run resolved, for checkpoints.
+    fn recorded_config(&self) -> LinclsConfig {
+        let mut stored = self.cfg.clone();
+        stored.data = self.mode.record(&self.cfg.data);
+        stored
+    }
+
     fn train_loader(&self) -> Result<Loader> {
-        data::loader(
-            Arc::clone(&self.train_set),
-            Arc::new(probe_train_transform(self.cfg.data.image_size)?),
+        self.mode.probe_train_loader(
+            &self.train_set,
+            self.cfg.data.image_size,
             LoaderConfig::default()
                 .with_batch_size(self.ctx.batch_size())
                 .with_workers(data::effective_workers(self.ctx.layout().workers))
@@ -553,11 +613,12 @@ impl<'a> ProbeRank<'a> {
         self.obs.probe_epoch(&rec, best(&self.history))?;
         let extra = serde_json::json!({ "history": self.history });
         let path = self.cfg.output_dir.join(CHECKPOINT_FILE);
-        save_probe(&path, &self.probe, self.cfg, epoch + 1, extra.clone())?;
+        let stored = self.recorded_config();
+        save_probe(&path, &self.probe, &stored, epoch + 1, extra.clone())?;
         self.obs.checkpoint_saved(&path)?;
         if improved {
             let path = self.cfg.output_dir.join(BEST_FILE);
-            save_probe(&path, &self.probe, self.cfg, epoch + 1, extra)?;
+            save_probe(&path, &self.probe, &stored, epoch + 1, extra)?;
         }
         Ok(())
     }
@@ -615,15 +676,16 @@ impl<'a> ProbeRank<'a> {
     }
 }
 
-/// `DATA/train` and `DATA/val` with the same classes.
+/// `DATA/train` and `DATA/val` with the same classes, read as `bands` bands (`None`: RGB).
 fn open_probe_data(
     cfg: &LinclsConfig,
     obs: &mut dyn Observer,
+    bands: Option<usize>,
 ) -> Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
     let checks = cfg.data.image_checks();
     let root = &cfg.data.root;
-    let train_set = Arc::new(data::open_split_checked(root, "train", checks)?);
-    let val_set = Arc::new(data::open_split_checked(root, "val", checks)?);
+    let train_set = Arc::new(data::open_split_checked(root, "train", checks, bands)?);
+    let val_set = Arc::new(data::open_split_checked(root, "val", checks, bands)?);
     for folder in [&train_set, &val_set] {
         if let Some(line) = data::prescan_notice(folder) {
             obs.notice(&line)?;
@@ -662,20 +724,21 @@ fn build_probe(
     cfg: &LinclsConfig,
     sources: &Sources,
     classes: usize,
+    in_channels: usize,
     device: &Device,
     seed: u64,
     ctx: &RankCtx,
-) -> Result<ProbeState> {
+) -> Result<(ProbeState, Option<String>)> {
     let source = sources.resume.as_ref().or(sources.pretrained.as_ref());
     let train_device = device.clone().autodiff();
     // the device's generator is shared by ranks that run as threads: initialise one at a time
-    let (mut backbone, mut fc) = {
+    let ((mut backbone, adapted), mut fc) = {
         let _init = crate::dist::init_lock();
         device.seed(seed);
         let source = source.map(|(p, l)| (p.as_path(), l));
-        let backbone = build_backbone(cfg.arch, cfg.width, source, device)?;
-        let fc =
-            LinearClassifierConfig::new(backbone.feature_dim(), classes).try_init(&train_device)?;
+        let backbone = build_backbone(cfg.arch, cfg.width, in_channels, source, device)?;
+        let fc = LinearClassifierConfig::new(backbone.0.feature_dim(), classes)
+            .try_init(&train_device)?;
         (backbone, fc)
     };
     if ctx.group().is_some() {
@@ -688,7 +751,7 @@ fn build_probe(
         fc = load_tensors(fc, t, &LoadOptions::new())?.0;
     }
     let sgd = cfg.training.sgd.clone().init()?;
-    Ok(ProbeState { backbone, fc, sgd })
+    Ok((ProbeState { backbone, fc, sgd }, adapted))
 }
 
 /// Loads a probe checkpoint's `fc` and momentum buffers; returns the epoch to continue at and

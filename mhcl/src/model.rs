@@ -85,6 +85,11 @@ pub struct MhclConfig {
     pub shuffle_bn_splits: usize,
     /// Number format of the encoder forwards (`--precision`; see [`crate::precision`]).
     pub precision: Precision,
+    /// Channels (bands) of the input images, 3 for RGB. Not a config key: the runners set it
+    /// from the data (`data.bands`, [`crate::images`]); checkpoints record it in their model
+    /// description.
+    #[serde(skip)]
+    pub in_channels: usize,
 }
 
 impl Default for MhclConfig {
@@ -111,6 +116,7 @@ impl MhclConfig {
             detach_hard_keys: false,
             shuffle_bn_splits: 1,
             precision: Precision::F32,
+            in_channels: 3,
         }
     }
 
@@ -147,6 +153,12 @@ impl MhclConfig {
     /// Sets the key-encoder momentum.
     pub fn with_momentum(mut self, m: f64) -> Self {
         self.momentum = m;
+        self
+    }
+
+    /// Sets the input channels (bands).
+    pub fn with_in_channels(mut self, channels: usize) -> Self {
+        self.in_channels = channels;
         self
     }
 
@@ -198,6 +210,7 @@ impl MhclConfig {
             .with_dim(self.dim)
             .with_mlp(self.mlp)
             .with_multiscale(self.mhcl)
+            .with_in_channels(self.in_channels)
     }
 
     /// The loss configuration.
@@ -281,6 +294,7 @@ impl MhclConfig {
             mhcl: self.mhcl,
             queue_len: self.queue_len,
             queue_scales: self.queue_scales(),
+            in_channels: self.in_channels,
         }
     }
 }

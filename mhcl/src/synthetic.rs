@@ -21,6 +21,8 @@ use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use ssl_augment::{BandImage, TiffSample};
+
 use crate::error::{MhclError, Result};
 
 /// Names of the classes, in class-index order.
@@ -48,6 +50,10 @@ pub struct SyntheticConfig {
     pub size: u32,
     /// Seed of all random parameters.
     pub seed: u64,
+    /// Bands per image: 3 writes 8-bit RGB PNGs; any other count (1 to 32) writes 16-bit
+    /// planar TIFFs whose bands are random spectral mixes of the rendered scene (13 for a
+    /// Sentinel-2 stand-in).
+    pub bands: usize,
 }
 
 impl Default for SyntheticConfig {
@@ -65,7 +71,14 @@ impl SyntheticConfig {
             val_per_class: 24,
             size: 64,
             seed: 0,
+            bands: 3,
         }
+    }
+
+    /// Sets the bands per image.
+    pub fn with_bands(mut self, bands: usize) -> Self {
+        self.bands = bands;
+        self
     }
 
     /// Sets the number of classes.
@@ -107,6 +120,13 @@ impl SyntheticConfig {
                 "synthetic dataset: size must be >= 8 and each split needs images",
             ));
         }
+        if !(1..=ssl_augment::bands::MAX_BANDS).contains(&self.bands) {
+            return Err(MhclError::arg(format!(
+                "synthetic dataset: bands must be 1 to {}, got {}",
+                ssl_augment::bands::MAX_BANDS,
+                self.bands
+            )));
+        }
         for (split, n, offset) in [
             ("train", self.train_per_class, 0),
             ("val", self.val_per_class, self.train_per_class),
@@ -115,12 +135,20 @@ impl SyntheticConfig {
                 let dir = root.join(split).join(name);
                 fs::create_dir_all(&dir).map_err(|e| MhclError::io(&dir, e))?;
                 for i in 0..n {
-                    let img = render(c, self.size, image_seed(self.seed, c, offset + i));
-                    let path = dir.join(format!("{name}_{i:04}.png"));
-                    img.save(&path).map_err(|e| MhclError::Image {
-                        path: path.clone(),
-                        msg: e.to_string(),
-                    })?;
+                    let seed = image_seed(self.seed, c, offset + i);
+                    let img = render(c, self.size, seed);
+                    if self.bands == 3 {
+                        let path = dir.join(format!("{name}_{i:04}.png"));
+                        img.save(&path).map_err(|e| MhclError::Image {
+                            path: path.clone(),
+                            msg: e.to_string(),
+                        })?;
+                    } else {
+                        let path = dir.join(format!("{name}_{i:04}.tif"));
+                        let bands = spectral_bands(&img, self.bands, seed);
+                        let bytes = ssl_augment::encode_tiff(&bands, TiffSample::U16, true);
+                        fs::write(&path, bytes).map_err(|e| MhclError::io(&path, e))?;
+                    }
                 }
             }
         }
@@ -178,6 +206,29 @@ fn color_pair(rng: &mut StdRng) -> ([f32; 3], [f32; 3]) {
             return (a, b);
         }
     }
+}
+
+/// `bands` bands from a rendered RGB scene: band `b` is `w_b . (r, g, b) + o_b` with a random
+/// spectral response `w_b` and offset `o_b` per image, so the spatial structure (the class) is
+/// in every band and the band values differ as a sensor's would.
+pub fn spectral_bands(img: &RgbImage, bands: usize, seed: u64) -> BandImage {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_ba4d);
+    let response: Vec<([f32; 3], f32)> = (0..bands)
+        .map(|_| {
+            let w = random_color(&mut rng);
+            let sum = w.iter().sum::<f32>().max(0.1);
+            (w.map(|v| 0.7 * v / sum), rng.random_range(0.0..0.3f32))
+        })
+        .collect();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    BandImage::from_fn(bands, w, h, |b, x, y| {
+        let p = img
+            .get_pixel(x as u32, y as u32)
+            .0
+            .map(|v| f32::from(v) / 255.0);
+        let (wb, ob) = response[b];
+        wb[0] * p[0] + wb[1] * p[1] + wb[2] * p[2] + ob
+    })
 }
 
 /// Renders one image of class `class` (index into [`CLASS_NAMES`]) from `seed`.

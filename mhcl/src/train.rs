@@ -44,16 +44,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::prelude::*;
-use ssl_augment::{
-    ImageFolder, Loader, LoaderConfig, SampleTransform, TwoCrops, moco_v1_transform,
-    moco_v2_transform, probe_eval_transform,
-};
+use ssl_augment::{ImageFolder, Loader, LoaderConfig};
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, ModelMeta, RngState};
-use crate::config::{Augmentation, PretrainConfig};
+use crate::config::PretrainConfig;
 use crate::data;
 use crate::dist::RankCtx;
 use crate::error::{MhclError, Result};
+use crate::images::{self, ImageMode};
 use crate::knn::{KNN_K, KNN_T, KnnResult, weighted_knn};
 use crate::metrics::EpochMetrics;
 use crate::model::{Mhcl, MhclConfig};
@@ -118,6 +116,7 @@ struct RankRun<'a> {
     state: RunState,
     train_set: Arc<ImageFolder>,
     knn_set: Option<Arc<ImageFolder>>,
+    mode: ImageMode,
     loader: Loader,
     start_epoch: usize,
     skip_iters: usize,
@@ -145,17 +144,33 @@ impl<'a> RankRun<'a> {
         stop: &'a StopToken,
         obs: &'a mut dyn Observer,
     ) -> Result<Self> {
-        let (train_set, knn_set) = open_datasets(cfg, ctx, obs)?;
+        let bands = images::detect_split_bands(&cfg.data.root, cfg.data.bands)?;
+        let model = cfg.model.clone().with_in_channels(bands.unwrap_or(3));
+        // read everything of a resume before building anything expensive
+        let resume = match &cfg.resume {
+            Some(path) => Some((path.clone(), read_resume(path, &model)?)),
+            None => None,
+        };
+        let (train_set, knn_set) = open_datasets(cfg, ctx, obs, bands)?;
+        let hint = resume
+            .as_ref()
+            .and_then(|(_, c)| images::recorded_band_stats(&c.meta.config));
+        let (mode, computed) = images::resolve(&cfg.data, bands, &train_set, hint.as_ref())?;
         // data parallel: rank i uses GPU i of its node, as the reference
         let device = cfg.device.open(ctx.device_index())?;
         if ctx.is_main() {
             data::ensure_writable_dir(&cfg.output.dir)?;
+            if computed {
+                let path = cfg.output.dir.join(images::BAND_STATS_FILE);
+                images::write_band_stats(&path, &mode.stats())?;
+                let shown = path.display();
+                obs.notice(&format!(
+                    "=> band statistics of {} images written to {shown} (--band-stats {shown} \
+                     reuses them)",
+                    train_set.len()
+                ))?;
+            }
         }
-        // read everything of a resume before building anything expensive
-        let resume = match &cfg.resume {
-            Some(path) => Some((path.clone(), read_resume(path, &cfg.model)?)),
-            None => None,
-        };
         let seed = match (&resume, cfg.seed) {
             (Some((_, c)), _) => c.meta.rng.seed,
             (None, Some(s)) => s,
@@ -163,7 +178,7 @@ impl<'a> RankRun<'a> {
         };
         // every rank trains with rank 0's seed (the same data order, augmentations and draws)
         let seed = ctx.broadcast_seed(seed)?;
-        let mut state = build_state(cfg, &device, seed, ctx)?;
+        let mut state = build_state(cfg, model, &device, seed, ctx)?;
         let (mut start_epoch, mut skip_iters) = (cfg.training.start_epoch, 0);
         if let Some((path, ckpt)) = &resume {
             (start_epoch, skip_iters) = apply_resume(&mut state, path, ckpt, cfg)?;
@@ -184,7 +199,7 @@ impl<'a> RankRun<'a> {
                 state.model.load_state(&tensors, &mut state.sgd)?;
             }
         }
-        let loader = train_loader(cfg, ctx, &train_set, seed)?;
+        let loader = train_loader(cfg, ctx, &mode, &train_set, seed)?;
         Ok(Self {
             cfg,
             ctx,
@@ -193,6 +208,7 @@ impl<'a> RankRun<'a> {
             state,
             train_set,
             knn_set,
+            mode,
             loader,
             start_epoch,
             skip_iters,
@@ -241,11 +257,12 @@ impl<'a> RankRun<'a> {
             String::new()
         };
         format!(
-            "=> {} {} on {} ({} images, {} iterations/epoch, batch {}{ranks}, seed {}, {} loader threads{})",
+            "=> {} {} on {} ({} {} images, {} iterations/epoch, batch {}{ranks}, seed {}, {} loader threads{})",
             if cfg.model.mhcl { "MHCL" } else { "MoCo v2" },
             cfg.model.arch,
             cfg.device,
             self.train_set.len(),
+            self.mode.describe(),
             self.loader.len(),
             ctx.global_batch_size(),
             self.state.seed,
@@ -445,7 +462,14 @@ impl<'a> RankRun<'a> {
         {
             let device = self.state.model.device().clone().inner();
             let encoder = self.state.model.encoder_q();
-            let r = knn_monitor(encoder, &self.train_set, val_set, self.cfg, &device)?;
+            let r = knn_monitor(
+                encoder,
+                &self.mode,
+                &self.train_set,
+                val_set,
+                self.cfg,
+                &device,
+            )?;
             self.obs.knn(epoch, &r)?;
             record.knn = Some(r);
         }
@@ -470,7 +494,9 @@ impl<'a> RankRun<'a> {
             seed: state.seed,
             step: state.step,
         };
-        meta.config = serde_json::to_value(self.cfg).expect("a config is plain JSON");
+        let mut stored = self.cfg.clone();
+        stored.data = self.mode.record(&self.cfg.data);
+        meta.config = serde_json::to_value(&stored).expect("a config is plain JSON");
         meta.kind = "pretrain".into();
         meta.extra = serde_json::json!({
             "world_size": state.layout.0,
@@ -482,14 +508,21 @@ impl<'a> RankRun<'a> {
     }
 }
 
-/// `DATA/train` and, for the kNN monitor on rank 0, `DATA/val`.
+/// `DATA/train` and, for the kNN monitor on rank 0, `DATA/val`, read as `bands` bands
+/// (`None`: RGB).
 fn open_datasets(
     cfg: &PretrainConfig,
     ctx: &RankCtx,
     obs: &mut dyn Observer,
+    bands: Option<usize>,
 ) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
     let checks = cfg.data.image_checks();
-    let train_set = Arc::new(data::open_split_checked(&cfg.data.root, "train", checks)?);
+    let train_set = Arc::new(data::open_split_checked(
+        &cfg.data.root,
+        "train",
+        checks,
+        bands,
+    )?);
     if let Some(line) = data::prescan_notice(&train_set) {
         obs.notice(&line)?;
     }
@@ -502,7 +535,11 @@ fn open_datasets(
         )));
     }
     let knn_set = if cfg.knn_every > 0 && ctx.is_main() {
-        Some(Arc::new(data::open_split(&cfg.data.root, "val")?))
+        Some(Arc::new(data::open_split_bands(
+            &cfg.data.root,
+            "val",
+            bands,
+        )?))
     } else {
         None
     };
@@ -518,18 +555,24 @@ fn read_resume(path: &Path, model: &MhclConfig) -> Result<Checkpoint> {
         return Err(MhclError::checkpoint(path, "holds no pretraining model"));
     };
     if let Some((key, there, here)) = model_difference(found, &want) {
-        return Err(MhclError::checkpoint(
-            path,
-            format!("model.{key} is {there} there, but {here} in this run"),
-        ));
+        let why = match key {
+            "in_channels" => format!("its stem takes {there} bands, but the images have {here}"),
+            _ => format!("model.{key} is {there} there, but {here} in this run"),
+        };
+        return Err(MhclError::checkpoint(path, why));
     }
     Ok(ckpt)
 }
 
 /// The first field in which two model descriptions differ: `(config key, a's, b's)`.
 fn model_difference(a: &ModelMeta, b: &ModelMeta) -> Option<(&'static str, String, String)> {
-    let fields: [(&str, String, String); 6] = [
+    let fields: [(&str, String, String); 7] = [
         ("arch", a.arch.clone(), b.arch.clone()),
+        (
+            "in_channels",
+            a.in_channels.to_string(),
+            b.in_channels.to_string(),
+        ),
         ("width", a.width.to_string(), b.width.to_string()),
         ("dim", a.dim.to_string(), b.dim.to_string()),
         ("mlp", a.mlp.to_string(), b.mlp.to_string()),
@@ -547,6 +590,7 @@ fn model_difference(a: &ModelMeta, b: &ModelMeta) -> Option<(&'static str, Strin
 /// ranks that are threads share the device's generator).
 fn build_state(
     cfg: &PretrainConfig,
+    model: MhclConfig,
     device: &Device,
     seed: u64,
     ctx: &RankCtx,
@@ -555,7 +599,7 @@ fn build_state(
     device.seed(seed);
     Ok(RunState {
         seed,
-        model: Mhcl::new(cfg.model.clone(), device)?,
+        model: Mhcl::new(model, device)?,
         sgd: cfg.training.sgd.clone().init()?,
         step: 0,
         layout: (ctx.world_size(), ctx.batch_size()),
@@ -594,24 +638,17 @@ fn apply_resume(
     Ok((epoch, iteration))
 }
 
-fn transform(cfg: &PretrainConfig) -> Result<Arc<dyn SampleTransform>> {
-    let size = cfg.data.image_size;
-    let base = match cfg.augmentation {
-        Augmentation::MocoV2 => moco_v2_transform(size),
-        Augmentation::MocoV1 => moco_v1_transform(size),
-    }?;
-    Ok(Arc::new(TwoCrops::new(base)))
-}
-
 fn train_loader(
     cfg: &PretrainConfig,
     ctx: &RankCtx,
+    mode: &ImageMode,
     train_set: &Arc<ImageFolder>,
     seed: u64,
 ) -> Result<Loader> {
-    data::loader(
-        Arc::clone(train_set),
-        transform(cfg)?,
+    mode.pretrain_loader(
+        train_set,
+        cfg.augmentation,
+        cfg.data.image_size,
         LoaderConfig::default()
             .with_batch_size(ctx.batch_size())
             .with_workers(data::effective_workers(ctx.layout().workers))
@@ -689,19 +726,20 @@ pub(crate) fn read_scalar(t: Tensor<1>) -> Result<f64> {
 /// Weighted kNN accuracy of the query encoder's features of `val_set` against `train_set`.
 fn knn_monitor(
     encoder: &ssl_models::MhclEncoder,
+    mode: &ImageMode,
     train_set: &Arc<ImageFolder>,
     val_set: &Arc<ImageFolder>,
     cfg: &PretrainConfig,
     device: &Device,
 ) -> Result<KnnResult> {
     let eval = encoder.valid();
-    let tf: Arc<dyn SampleTransform> = Arc::new(probe_eval_transform(cfg.data.image_size)?);
     let loader_cfg = LoaderConfig::default()
         .with_batch_size(cfg.training.batch_size.max(1))
         .with_workers(data::effective_workers(cfg.data.workers))
         .with_shuffle(false);
-    let train_loader = data::loader(Arc::clone(train_set), Arc::clone(&tf), loader_cfg.clone())?;
-    let val_loader = data::loader(Arc::clone(val_set), tf, loader_cfg)?;
+    let size = cfg.data.image_size;
+    let train_loader = mode.eval_loader(train_set, size, loader_cfg.clone())?;
+    let val_loader = mode.eval_loader(val_set, size, loader_cfg)?;
     let (tf_, tl) = data::extract_features(&train_loader, device, |x| eval.features(x))?;
     let (vf, vl) = data::extract_features(&val_loader, device, |x| eval.features(x))?;
     let classes = train_set.classes().len().max(val_set.classes().len());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::bands::{BandImage, open_bands};
 use crate::error::{AugmentError, Result, invalid};
 use crate::image::RgbImage;
 
@@ -191,8 +192,9 @@ pub fn open_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     decode_image(&bytes, path)
 }
 
-/// A labelled collection of images, what a [`crate::Loader`] draws from.
-pub trait Dataset: Send + Sync {
+/// A labelled collection of images, what a [`crate::Loader`] draws from. `I` is the decoded
+/// image type: [`RgbImage`] (the default) or [`BandImage`].
+pub trait Dataset<I = RgbImage>: Send + Sync {
     /// Number of samples.
     fn len(&self) -> usize;
 
@@ -202,7 +204,7 @@ pub trait Dataset: Send + Sync {
     }
 
     /// The decoded image and label of sample `index`.
-    fn get(&self, index: usize) -> Result<(RgbImage, usize)>;
+    fn get(&self, index: usize) -> Result<(I, usize)>;
 
     /// When true, a loader drops samples whose [`Dataset::get`] fails (and counts them) instead
     /// of failing the batch.
@@ -218,6 +220,7 @@ pub struct ImageFolderOptions {
     allow_empty: bool,
     skip_corrupt: bool,
     verify: bool,
+    bands: Option<usize>,
 }
 
 impl Default for ImageFolderOptions {
@@ -227,6 +230,7 @@ impl Default for ImageFolderOptions {
             allow_empty: false,
             skip_corrupt: false,
             verify: false,
+            bands: None,
         }
     }
 }
@@ -265,6 +269,19 @@ impl ImageFolderOptions {
         self
     }
 
+    /// Read the images as bands ([`open_bands`]), each with exactly `bands` of them: a file
+    /// with another count is an error naming it (when loaded, or when scanned with
+    /// [`ImageFolderOptions::with_verify`]). Default `None`: RGB images.
+    pub fn with_bands(mut self, bands: Option<usize>) -> Self {
+        self.bands = bands;
+        self
+    }
+
+    /// The band count of [`ImageFolderOptions::with_bands`].
+    pub fn bands(&self) -> Option<usize> {
+        self.bands
+    }
+
     /// The extensions collected.
     pub fn extensions(&self) -> &[String] {
         &self.extensions
@@ -286,6 +303,7 @@ pub struct ImageFolder {
     samples: Vec<(PathBuf, usize)>,
     skip_corrupt: bool,
     skipped: Vec<(PathBuf, String)>,
+    bands: Option<usize>,
 }
 
 fn has_extension(name: &OsString, exts: &[String]) -> bool {
@@ -394,6 +412,7 @@ impl ImageFolder {
             samples,
             skip_corrupt: options.skip_corrupt,
             skipped: Vec::new(),
+            bands: options.bands,
         };
         if options.verify {
             folder.verify_all()?;
@@ -405,7 +424,10 @@ impl ImageFolder {
         let results: Vec<Option<AugmentError>> = self
             .samples
             .par_iter()
-            .map(|(p, _)| open_image(p).err())
+            .map(|(p, _)| match self.bands {
+                None => open_image(p).err(),
+                Some(_) => self.open_bands_checked(p).err(),
+            })
             .collect();
         if !self.skip_corrupt {
             if let Some(e) = results.into_iter().flatten().next() {
@@ -473,6 +495,47 @@ impl ImageFolder {
         })?;
         open_image(path)
     }
+
+    /// Decodes image `i` as bands ([`open_bands`]), checking the band count of
+    /// [`ImageFolderOptions::with_bands`]; errors name the file.
+    pub fn load_bands(&self, i: usize) -> Result<BandImage> {
+        let (path, _) = self.samples.get(i).ok_or(AugmentError::IndexOutOfRange {
+            index: i,
+            len: self.samples.len(),
+        })?;
+        self.open_bands_checked(path)
+    }
+
+    /// The band count every image must have (`None`: RGB images).
+    pub fn bands(&self) -> Option<usize> {
+        self.bands
+    }
+
+    fn open_bands_checked(&self, path: &Path) -> Result<BandImage> {
+        let img = open_bands(path)?;
+        match self.bands {
+            Some(n) if img.bands() != n => Err(AugmentError::Decode {
+                path: path.to_path_buf(),
+                message: format!("{} bands, but the dataset's images have {n}", img.bands()),
+            }),
+            _ => Ok(img),
+        }
+    }
+}
+
+impl Dataset<BandImage> for ImageFolder {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn get(&self, index: usize) -> Result<(BandImage, usize)> {
+        let img = self.load_bands(index)?;
+        Ok((img, self.samples[index].1))
+    }
+
+    fn skip_corrupt(&self) -> bool {
+        self.skip_corrupt
+    }
 }
 
 impl Dataset for ImageFolder {
@@ -492,14 +555,14 @@ impl Dataset for ImageFolder {
 
 /// The samples `indices` of another dataset, in that order (torch's `Subset`); indices may
 /// repeat.
-pub struct Subset {
-    inner: Arc<dyn Dataset>,
+pub struct Subset<I = RgbImage> {
+    inner: Arc<dyn Dataset<I>>,
     indices: Vec<usize>,
 }
 
-impl Subset {
+impl<I> Subset<I> {
     /// Errors when an index is out of range.
-    pub fn new(inner: Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self> {
+    pub fn new(inner: Arc<dyn Dataset<I>>, indices: Vec<usize>) -> Result<Self> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= inner.len()) {
             return Err(AugmentError::IndexOutOfRange {
                 index: bad,
@@ -515,12 +578,12 @@ impl Subset {
     }
 }
 
-impl Dataset for Subset {
+impl<I> Dataset<I> for Subset<I> {
     fn len(&self) -> usize {
         self.indices.len()
     }
 
-    fn get(&self, index: usize) -> Result<(RgbImage, usize)> {
+    fn get(&self, index: usize) -> Result<(I, usize)> {
         let i = *self
             .indices
             .get(index)

@@ -13,6 +13,10 @@
 //! * [`ImageFolder`]: torchvision's class-folder dataset (sorted classes, jpg/jpeg/png/tif/tiff/
 //!   bmp/webp, everything converted to RGB, errors that name the file). JPEGs are decoded by
 //!   libjpeg-turbo's decoder with Pillow's settings, so the pixels equal `Image.open(f)`'s.
+//! * [`bands`], [`band_transforms`]: multispectral images (1 to 32 bands of `u8`, `u16` or float
+//!   samples from (Geo)TIFF) as `f32` planes, and the augmentations defined for N bands with
+//!   torchvision's semantics and random draws (float arithmetic: Pillow's `"F"`-mode resize,
+//!   torchvision's tensor blur).
 //! * [`Loader`]: worker threads, a bounded prefetch queue, `DistributedSampler` semantics, and a
 //!   per-sample generator seeded by `(seed, epoch, index)` so results do not depend on the
 //!   number of workers.
@@ -49,6 +53,8 @@
 
 #![warn(missing_docs)]
 
+pub mod band_transforms;
+pub mod bands;
 pub mod blur;
 pub mod color;
 pub mod error;
@@ -61,6 +67,9 @@ mod simd;
 pub mod tensor;
 pub mod transforms;
 
+pub use bands::{
+    BandImage, BandStats, TiffSample, decode_bands, encode_tiff, open_bands, probe_image,
+};
 pub use error::{AugmentError, Result};
 pub use folder::{
     Dataset, IMG_EXTENSIONS, ImageFolder, ImageFolderOptions, Subset, decode_image, open_image,
@@ -72,6 +81,6 @@ pub use tensor::{IMAGENET_MEAN, IMAGENET_STD, Normalize, TensorImage, to_tensor_
 pub use transforms::{
     CenterCrop, ColorJitter, Compose, GaussianBlur, ImageTransform, JitterParams, Pipeline,
     RandomApply, RandomGrayscale, RandomHorizontalFlip, RandomResizedCrop, Resize, SampleTransform,
-    TwoCrops, eval_resize_size, moco_v1_transform, moco_v2_transform, probe_eval_transform,
-    probe_train_transform,
+    TwoCrops, ViewPipeline, eval_resize_size, moco_v1_transform, moco_v2_transform,
+    probe_eval_transform, probe_train_transform,
 };

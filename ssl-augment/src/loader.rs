@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::bands::BandImage;
 use crate::error::{AugmentError, Result, invalid};
 use crate::folder::Dataset;
 use crate::transforms::SampleTransform;
@@ -117,10 +118,12 @@ impl LoaderConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     /// One buffer per view (`views[0]` is the query crop of [`crate::TwoCrops`], `views[1]` the
-    /// key crop), each `n * 3 * h * w` values in NCHW order.
+    /// key crop), each `n * c * h * w` values in NCHW order.
     pub views: Vec<Vec<f32>>,
     /// Samples in the batch.
     pub n: usize,
+    /// Channels of each image (3 for RGB, the band count for band images).
+    pub c: usize,
     /// Image height.
     pub h: usize,
     /// Image width.
@@ -142,9 +145,9 @@ impl Batch {
         &self.views[v]
     }
 
-    /// `[n, 3, h, w]`.
+    /// `[n, c, h, w]`.
     pub fn shape(&self) -> [usize; 4] {
-        [self.n, 3, self.h, self.w]
+        [self.n, self.c, self.h, self.w]
     }
 }
 
@@ -205,9 +208,11 @@ pub fn distributed_indices(
 /// bounded queue of `prefetch` batches, as PyTorch's `DataLoader` does. Every sample draws its
 /// randomness from [`sample_rng`]`(seed, epoch, index, repeat)`, so 1 and N workers give
 /// identical batches.
+///
+/// [`Loader::new`] loads RGB images, [`Loader::new_bands`] band images
+/// ([`crate::bands::BandImage`]); both give the same [`Batch`]es.
 pub struct Loader {
-    dataset: Arc<dyn Dataset>,
-    transform: Arc<dyn SampleTransform>,
+    source: Arc<dyn BatchSource>,
     config: LoaderConfig,
     skipped: Arc<SkipLog>,
 }
@@ -233,22 +238,34 @@ impl SkipLog {
 }
 
 impl Loader {
-    /// Errors on an invalid configuration or an empty dataset.
+    /// A loader of RGB images. Errors on an invalid configuration or an empty dataset.
     pub fn new(
         dataset: Arc<dyn Dataset>,
         transform: Arc<dyn SampleTransform>,
         config: LoaderConfig,
     ) -> Result<Self> {
+        Self::with_source(Arc::new(Source { dataset, transform }), config)
+    }
+
+    /// A loader of band images. Errors on an invalid configuration or an empty dataset.
+    pub fn new_bands(
+        dataset: Arc<dyn Dataset<BandImage>>,
+        transform: Arc<dyn SampleTransform<BandImage>>,
+        config: LoaderConfig,
+    ) -> Result<Self> {
+        Self::with_source(Arc::new(Source { dataset, transform }), config)
+    }
+
+    fn with_source(source: Arc<dyn BatchSource>, config: LoaderConfig) -> Result<Self> {
         config.validate()?;
-        if dataset.is_empty() {
+        if source.len() == 0 {
             return Err(AugmentError::EmptyDataset);
         }
-        if transform.num_views() == 0 {
+        if source.num_views() == 0 {
             return Err(invalid("loader: the transform gives no view"));
         }
         Ok(Self {
-            dataset,
-            transform,
+            source,
             config,
             skipped: Arc::new(SkipLog::default()),
         })
@@ -259,14 +276,14 @@ impl Loader {
         &self.config
     }
 
-    /// The dataset.
-    pub fn dataset(&self) -> &Arc<dyn Dataset> {
-        &self.dataset
+    /// Samples in the dataset.
+    pub fn dataset_len(&self) -> usize {
+        self.source.len()
     }
 
     /// Samples this rank sees per epoch (`ceil(len / world_size)`).
     pub fn num_samples(&self) -> usize {
-        self.dataset.len().div_ceil(self.config.world_size)
+        self.source.len().div_ceil(self.config.world_size)
     }
 
     /// Batches per epoch.
@@ -288,7 +305,7 @@ impl Loader {
     pub fn indices(&self, epoch: u64) -> Vec<(usize, u64)> {
         let c = &self.config;
         distributed_indices(
-            self.dataset.len(),
+            self.source.len(),
             epoch,
             c.seed,
             c.shuffle,
@@ -324,8 +341,7 @@ impl Loader {
             batches.pop();
         }
         let ctx = Arc::new(BatchContext {
-            dataset: Arc::clone(&self.dataset),
-            transform: Arc::clone(&self.transform),
+            source: Arc::clone(&self.source),
             seed: self.config.seed,
             epoch,
             skipped: Arc::clone(&self.skipped),
@@ -371,36 +387,49 @@ impl Loader {
     }
 }
 
-struct BatchContext {
-    dataset: Arc<dyn Dataset>,
-    transform: Arc<dyn SampleTransform>,
-    seed: u64,
-    epoch: u64,
-    skipped: Arc<SkipLog>,
+/// A dataset and the transform of its images, with the image type erased.
+trait BatchSource: Send + Sync {
+    fn len(&self) -> usize;
+    fn num_views(&self) -> usize;
+    /// The batch of dataset `items` (`(index, repeat)`); failing samples of a dataset that
+    /// skips corrupt files are recorded in `skipped` and left out.
+    fn build(
+        &self,
+        items: &[(usize, u64)],
+        seed: u64,
+        epoch: u64,
+        skipped: &SkipLog,
+    ) -> Result<Batch>;
 }
 
-impl BatchContext {
-    fn build(&self, items: &[(usize, u64)]) -> Result<Batch> {
-        match catch_unwind(AssertUnwindSafe(|| self.build_inner(items))) {
-            Ok(r) => r,
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
-                Err(AugmentError::Worker(msg))
-            }
-        }
+struct Source<I> {
+    dataset: Arc<dyn Dataset<I>>,
+    transform: Arc<dyn SampleTransform<I>>,
+}
+
+impl<I> BatchSource for Source<I> {
+    fn len(&self) -> usize {
+        self.dataset.len()
     }
 
-    fn build_inner(&self, items: &[(usize, u64)]) -> Result<Batch> {
+    fn num_views(&self) -> usize {
+        self.transform.num_views()
+    }
+
+    fn build(
+        &self,
+        items: &[(usize, u64)],
+        seed: u64,
+        epoch: u64,
+        skipped: &SkipLog,
+    ) -> Result<Batch> {
         let nv = self.transform.num_views();
+        let c = self.transform.channels();
         let mut hw = self.transform.output_hw();
         let mut views: Vec<Vec<f32>> = Vec::new();
         if let Some((h, w)) = hw {
             views = (0..nv)
-                .map(|_| vec![0f32; items.len() * 3 * h * w])
+                .map(|_| vec![0f32; items.len() * c * h * w])
                 .collect();
         }
         let mut labels = Vec::with_capacity(items.len());
@@ -409,16 +438,16 @@ impl BatchContext {
             let (img, label) = match self.dataset.get(index) {
                 Ok(v) => v,
                 Err(e) if self.dataset.skip_corrupt() => {
-                    self.skipped.record(&e);
+                    skipped.record(&e);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let mut rng = sample_rng(self.seed, self.epoch, index as u64, repeat);
+            let mut rng = sample_rng(seed, epoch, index as u64, repeat);
             let slot = labels.len();
             match hw {
                 Some((h, w)) => {
-                    let per = 3 * h * w;
+                    let per = c * h * w;
                     let mut outs: Vec<&mut [f32]> = views
                         .iter_mut()
                         .map(|v| &mut v[slot * per..(slot + 1) * per])
@@ -431,15 +460,15 @@ impl BatchContext {
                     let (h, w) = *hw.get_or_insert(first);
                     if views.is_empty() {
                         views = (0..nv)
-                            .map(|_| Vec::with_capacity(items.len() * 3 * h * w))
+                            .map(|_| Vec::with_capacity(items.len() * c * h * w))
                             .collect();
                     }
                     for (buf, v) in views.iter_mut().zip(&vs) {
-                        if (v.height, v.width) != (h, w) || vs.len() != nv {
+                        if (v.channels, v.height, v.width) != (c, h, w) || vs.len() != nv {
                             return Err(AugmentError::ShapeMismatch {
                                 index,
-                                got: (vs.len(), 3, v.height, v.width),
-                                want: (nv, 3, h, w),
+                                got: (vs.len(), v.channels, v.height, v.width),
+                                want: (nv, c, h, w),
                             });
                         }
                         buf.extend_from_slice(&v.data);
@@ -455,16 +484,44 @@ impl BatchContext {
             views = vec![Vec::new(); nv];
         }
         for v in &mut views {
-            v.truncate(n * 3 * h * w);
+            v.truncate(n * c * h * w);
         }
         Ok(Batch {
             views,
             n,
+            c,
             h,
             w,
             labels,
             indices,
         })
+    }
+}
+
+struct BatchContext {
+    source: Arc<dyn BatchSource>,
+    seed: u64,
+    epoch: u64,
+    skipped: Arc<SkipLog>,
+}
+
+impl BatchContext {
+    fn build(&self, items: &[(usize, u64)]) -> Result<Batch> {
+        let run = || {
+            self.source
+                .build(items, self.seed, self.epoch, &self.skipped)
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                Err(AugmentError::Worker(msg))
+            }
+        }
     }
 }
 

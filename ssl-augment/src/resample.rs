@@ -34,9 +34,19 @@ pub(crate) struct Coeffs {
     k: Vec<i32>,
 }
 
-impl Coeffs {
+/// Normalized `f64` filter weights of one axis, as Pillow's `precompute_coeffs` leaves them
+/// (what its 32-bit float resampler uses directly): for output pixel `i`, the taps
+/// `k[i * ksize .. i * ksize + n]` apply to input pixels `start .. start + n`.
+#[derive(Clone, Debug)]
+pub(crate) struct FloatCoeffs {
+    pub(crate) bounds: Vec<(usize, usize)>,
+    pub(crate) ksize: usize,
+    pub(crate) k: Vec<f64>,
+}
+
+impl FloatCoeffs {
     /// Pillow's `precompute_coeffs` (bilinear, support 1) for `in_size -> out_size`, box
-    /// `[0, in_size)`, followed by `normalize_coeffs_8bpc`.
+    /// `[0, in_size)`.
     pub(crate) fn bilinear(in_size: usize, out_size: usize) -> Self {
         let support = 1.0f64;
         // (in1 - in0) is computed in C `float` (box coordinates are floats), then divided in
@@ -49,8 +59,7 @@ impl Coeffs {
         let ksize = support.ceil() as usize * 2 + 1;
         let ss = 1.0 / filterscale;
         let mut bounds = Vec::with_capacity(out_size);
-        let mut k = vec![0i32; out_size * ksize];
-        let mut w = vec![0f64; ksize];
+        let mut k = vec![0f64; out_size * ksize];
         for xx in 0..out_size {
             let center = f64::from(in0) + (xx as f64 + 0.5) * scale;
             // C `(int)` truncates toward zero.
@@ -58,27 +67,51 @@ impl Coeffs {
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
             let xmin = xmin as usize;
             let n = xmax.max(0) as usize;
+            let w = &mut k[xx * ksize..xx * ksize + n];
             let mut ww = 0.0f64;
-            for (x, wx) in w.iter_mut().enumerate().take(n) {
+            for (x, wx) in w.iter_mut().enumerate() {
                 let t = ((x + xmin) as f64 - center + 0.5) * ss;
                 let t = t.abs();
-                let v = if t < 1.0 { 1.0 - t } else { 0.0 };
-                *wx = v;
-                ww += v;
+                *wx = if t < 1.0 { 1.0 - t } else { 0.0 };
+                ww += *wx;
             }
-            let kk = &mut k[xx * ksize..xx * ksize + n];
-            for (kv, &wx) in kk.iter_mut().zip(&w) {
-                let wx = if ww != 0.0 { wx / ww } else { wx };
-                let scaled = wx * f64::from(1u32 << PRECISION_BITS);
-                *kv = if wx < 0.0 {
-                    (-0.5 + scaled) as i32
-                } else {
-                    (0.5 + scaled) as i32
-                };
+            if ww != 0.0 {
+                for wx in w.iter_mut() {
+                    *wx /= ww;
+                }
             }
             bounds.push((xmin, n));
         }
         Self { bounds, ksize, k }
+    }
+
+    pub(crate) fn taps(&self, i: usize) -> (usize, &[f64]) {
+        let (start, n) = self.bounds[i];
+        (start, &self.k[i * self.ksize..i * self.ksize + n])
+    }
+}
+
+impl Coeffs {
+    /// Pillow's `precompute_coeffs` (bilinear, support 1) for `in_size -> out_size`, box
+    /// `[0, in_size)`, followed by `normalize_coeffs_8bpc`.
+    pub(crate) fn bilinear(in_size: usize, out_size: usize) -> Self {
+        let f = FloatCoeffs::bilinear(in_size, out_size);
+        let k =
+            f.k.iter()
+                .map(|&wx| {
+                    let scaled = wx * f64::from(1u32 << PRECISION_BITS);
+                    if wx < 0.0 {
+                        (-0.5 + scaled) as i32
+                    } else {
+                        (0.5 + scaled) as i32
+                    }
+                })
+                .collect();
+        Self {
+            bounds: f.bounds,
+            ksize: f.ksize,
+            k,
+        }
     }
 
     fn taps(&self, i: usize) -> (usize, &[i32]) {

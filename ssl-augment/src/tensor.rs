@@ -79,6 +79,7 @@ impl Normalize {
         self.write_chw(img, &mut data).expect("sized buffer");
         TensorImage {
             data,
+            channels: 3,
             height: img.height(),
             width: img.width(),
         }
@@ -98,11 +99,13 @@ fn chw_planes(src: &[u8], out: &mut [f32], plane: usize, mean: [f32; 3], std: [f
 }
 }
 
-/// A float image in CHW layout (3 channels), what `ToTensor` + `Normalize` give.
+/// A float image in CHW layout, what `ToTensor` + `Normalize` give.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorImage {
-    /// `3 * height * width` values, channel planes one after the other.
+    /// `channels * height * width` values, channel planes one after the other.
     pub data: Vec<f32>,
+    /// Channels (3 for RGB, the band count for band images).
+    pub channels: usize,
     /// Rows.
     pub height: usize,
     /// Columns.
@@ -110,9 +113,9 @@ pub struct TensorImage {
 }
 
 impl TensorImage {
-    /// `[3, height, width]`.
+    /// `[channels, height, width]`.
     pub fn shape(&self) -> [usize; 3] {
-        [3, self.height, self.width]
+        [self.channels, self.height, self.width]
     }
 }
 

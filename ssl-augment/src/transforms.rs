@@ -428,6 +428,13 @@ impl RandomHorizontalFlip {
     }
 }
 
+impl RandomHorizontalFlip {
+    /// The flip probability.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+}
+
 impl Default for RandomHorizontalFlip {
     fn default() -> Self {
         Self { p: 0.5 }
@@ -492,6 +499,13 @@ impl Resize {
     }
 }
 
+impl Resize {
+    /// The side the shorter side becomes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
 impl ImageTransform for Resize {
     fn apply(&self, img: RgbImage, rng: &mut StdRng) -> Result<RgbImage> {
         self.apply_ref(&img, rng)
@@ -523,6 +537,13 @@ impl CenterCrop {
         Ok(Self {
             size: check_size("CenterCrop", h, w)?,
         })
+    }
+}
+
+impl CenterCrop {
+    /// `(h, w)` of the crop.
+    pub fn size(&self) -> (usize, usize) {
+        self.size
     }
 }
 
@@ -597,25 +618,26 @@ impl ImageTransform for Compose {
 // ------------------------------------------------------------------ pipelines
 
 /// What a [`crate::Loader`] applies to each decoded image: one or more views, each a CHW f32
-/// tensor.
-pub trait SampleTransform: Send + Sync {
+/// tensor. `I` is the decoded image type: [`RgbImage`] (the default) or
+/// [`crate::bands::BandImage`].
+pub trait SampleTransform<I = RgbImage>: Send + Sync {
     /// Number of views per image (1, or 2 for [`TwoCrops`]).
     fn num_views(&self) -> usize;
+
+    /// Channels of every view (3 for RGB pipelines, the band count for band pipelines).
+    fn channels(&self) -> usize {
+        3
+    }
 
     /// The `(h, w)` of every view when it does not depend on the input (a crop to a fixed size).
     fn output_hw(&self) -> Option<(usize, usize)>;
 
     /// The views of one image.
-    fn apply_views(&self, img: &RgbImage, rng: &mut StdRng) -> Result<Vec<TensorImage>>;
+    fn apply_views(&self, img: &I, rng: &mut StdRng) -> Result<Vec<TensorImage>>;
 
-    /// Writes the views of one image into `outs` (one slice of `3 * h * w` values per view).
-    /// The default calls [`SampleTransform::apply_views`] and copies.
-    fn apply_views_into(
-        &self,
-        img: &RgbImage,
-        rng: &mut StdRng,
-        outs: &mut [&mut [f32]],
-    ) -> Result<()> {
+    /// Writes the views of one image into `outs` (one slice of `channels * h * w` values per
+    /// view). The default calls [`SampleTransform::apply_views`] and copies.
+    fn apply_views_into(&self, img: &I, rng: &mut StdRng, outs: &mut [&mut [f32]]) -> Result<()> {
         let views = self.apply_views(img, rng)?;
         for (v, out) in views.iter().zip(outs.iter_mut()) {
             if v.data.len() != out.len() {
@@ -629,6 +651,22 @@ pub trait SampleTransform: Send + Sync {
         }
         Ok(())
     }
+}
+
+/// One augmented view of an image as a CHW tensor: what [`TwoCrops`] draws twice
+/// ([`Pipeline`] for RGB images, [`crate::band_transforms::BandPipeline`] for band images).
+pub trait ViewPipeline<I>: Send + Sync {
+    /// Channels of the view.
+    fn channels(&self) -> usize;
+
+    /// The `(h, w)` of the view when it does not depend on the input.
+    fn output_hw(&self) -> Option<(usize, usize)>;
+
+    /// The view of `img`.
+    fn view(&self, img: &I, rng: &mut StdRng) -> Result<TensorImage>;
+
+    /// Writes the view of `img` into `out` (`channels * h * w` values).
+    fn view_into(&self, img: &I, rng: &mut StdRng, out: &mut [f32]) -> Result<()>;
 }
 
 /// A torchvision-style pipeline: image transforms ([`Compose`]) then `ToTensor` + `Normalize`.
@@ -663,7 +701,27 @@ impl Pipeline {
         &self.normalize
     }
 
-    fn apply_into(&self, img: &RgbImage, rng: &mut StdRng, out: &mut [f32]) -> Result<()> {
+    /// Replaces the normalization (ImageNet's in the presets).
+    pub fn with_normalize(mut self, normalize: Normalize) -> Self {
+        self.normalize = normalize;
+        self
+    }
+}
+
+impl ViewPipeline<RgbImage> for Pipeline {
+    fn channels(&self) -> usize {
+        3
+    }
+
+    fn output_hw(&self) -> Option<(usize, usize)> {
+        self.transform.output_hw(None)
+    }
+
+    fn view(&self, img: &RgbImage, rng: &mut StdRng) -> Result<TensorImage> {
+        self.apply(img, rng)
+    }
+
+    fn view_into(&self, img: &RgbImage, rng: &mut StdRng, out: &mut [f32]) -> Result<()> {
         let v = self.apply_image(img, rng)?;
         self.normalize.write_chw(&v, out)
     }
@@ -688,58 +746,68 @@ impl SampleTransform for Pipeline {
         rng: &mut StdRng,
         outs: &mut [&mut [f32]],
     ) -> Result<()> {
-        match outs {
-            [out] => self.apply_into(img, rng, out),
-            _ => Err(invalid(format!(
-                "a pipeline gives 1 view, {} asked",
-                outs.len()
-            ))),
-        }
+        single_view_into(self, img, rng, outs)
+    }
+}
+
+/// The one view of a single pipeline into `outs` (which must hold one slot).
+pub(crate) fn single_view_into<I, P: ViewPipeline<I>>(
+    pipeline: &P,
+    img: &I,
+    rng: &mut StdRng,
+    outs: &mut [&mut [f32]],
+) -> Result<()> {
+    match outs {
+        [out] => pipeline.view_into(img, rng, out),
+        _ => Err(invalid(format!(
+            "a pipeline gives 1 view, {} asked",
+            outs.len()
+        ))),
     }
 }
 
 /// MoCo's `TwoCropsTransform`: two independent draws of the same pipeline on one image, the
 /// query view then the key view (the second drawn after the first from the same generator).
+/// `P` is a [`Pipeline`] (RGB) or a [`crate::band_transforms::BandPipeline`].
 #[derive(Debug)]
-pub struct TwoCrops {
-    base: Pipeline,
+pub struct TwoCrops<P = Pipeline> {
+    base: P,
 }
 
-impl TwoCrops {
+impl<P> TwoCrops<P> {
     /// Two views of `base`.
-    pub fn new(base: Pipeline) -> Self {
+    pub fn new(base: P) -> Self {
         Self { base }
     }
 
     /// The underlying pipeline.
-    pub fn base(&self) -> &Pipeline {
+    pub fn base(&self) -> &P {
         &self.base
     }
 }
 
-impl SampleTransform for TwoCrops {
+impl<I, P: ViewPipeline<I>> SampleTransform<I> for TwoCrops<P> {
     fn num_views(&self) -> usize {
         2
+    }
+
+    fn channels(&self) -> usize {
+        self.base.channels()
     }
 
     fn output_hw(&self) -> Option<(usize, usize)> {
         self.base.output_hw()
     }
 
-    fn apply_views(&self, img: &RgbImage, rng: &mut StdRng) -> Result<Vec<TensorImage>> {
-        Ok(vec![self.base.apply(img, rng)?, self.base.apply(img, rng)?])
+    fn apply_views(&self, img: &I, rng: &mut StdRng) -> Result<Vec<TensorImage>> {
+        Ok(vec![self.base.view(img, rng)?, self.base.view(img, rng)?])
     }
 
-    fn apply_views_into(
-        &self,
-        img: &RgbImage,
-        rng: &mut StdRng,
-        outs: &mut [&mut [f32]],
-    ) -> Result<()> {
+    fn apply_views_into(&self, img: &I, rng: &mut StdRng, outs: &mut [&mut [f32]]) -> Result<()> {
         match outs {
             [q, k] => {
-                self.base.apply_into(img, rng, q)?;
-                self.base.apply_into(img, rng, k)
+                self.base.view_into(img, rng, q)?;
+                self.base.view_into(img, rng, k)
             }
             _ => Err(invalid(format!(
                 "TwoCrops gives 2 views, {} asked",

@@ -105,6 +105,14 @@ pub struct MhclEncoderConfig {
     pub mlp: bool,
     /// Heads on layer1..3 as well (MHCL); false: layer4 only (plain MoCo).
     pub multiscale: bool,
+    /// Channels (bands) of the input images; 3 for RGB (the default, also for descriptions
+    /// written before the field existed).
+    #[serde(default = "rgb_channels")]
+    pub in_channels: usize,
+}
+
+fn rgb_channels() -> usize {
+    3
 }
 
 impl MhclEncoderConfig {
@@ -116,7 +124,14 @@ impl MhclEncoderConfig {
             dim: 128,
             mlp: false,
             multiscale: true,
+            in_channels: 3,
         }
+    }
+
+    /// Sets the input channels (bands).
+    pub fn with_in_channels(mut self, channels: usize) -> Self {
+        self.in_channels = channels;
+        self
     }
 
     /// Sets the base width.
@@ -177,6 +192,7 @@ impl MhclEncoderConfig {
         self.validate()?;
         let backbone = ResNetConfig::new(self.arch)
             .with_width(self.width)
+            .with_in_channels(self.in_channels)
             .try_init(device)?;
         let channels = backbone.stage_channels();
         let global_mlps = if self.multiscale {
@@ -371,6 +387,7 @@ impl MhclEncoder {
             dim: self.dim,
             mlp: self.has_mlp(),
             multiscale: !self.global_mlps.is_empty(),
+            in_channels: self.backbone.in_channels(),
         }
     }
 
@@ -380,7 +397,11 @@ impl MhclEncoder {
     /// [`ModelsError::InvalidInput`] for a channel count other than 3, an empty dimension, or
     /// (train mode) a single value per channel at layer4.
     pub fn check_input(&self, x: &Tensor<4>) -> Result<()> {
-        check_image_input(x.dims(), self.backbone.bn1.is_training_on(&x.device()))
+        check_image_input(
+            x.dims(),
+            self.backbone.in_channels(),
+            self.backbone.bn1.is_training_on(&x.device()),
+        )
     }
 
     /// Projections `(N, S, dim)` of `(N, 3, H, W)` images.

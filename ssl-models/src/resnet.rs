@@ -443,6 +443,9 @@ pub struct ResNetConfig {
     /// Classes of the final `fc` Linear(feature_dim, classes) with PyTorch's default Linear
     /// init; `None`: no `fc`.
     pub num_classes: Option<usize>,
+    /// Channels (bands) of the input images, the stem's input channels; torchvision: 3.
+    /// Multispectral images have more (13 for Sentinel-2).
+    pub in_channels: usize,
 }
 
 impl ResNetConfig {
@@ -453,7 +456,14 @@ impl ResNetConfig {
             width: 64,
             zero_init_residual: false,
             num_classes: None,
+            in_channels: 3,
         }
+    }
+
+    /// Sets the input channels (bands) of the stem.
+    pub fn with_in_channels(mut self, channels: usize) -> Self {
+        self.in_channels = channels;
+        self
     }
 
     /// Sets the base width.
@@ -477,11 +487,16 @@ impl ResNetConfig {
     /// Checks the values.
     ///
     /// # Errors
-    /// [`ModelsError::InvalidConfig`] for a zero width or zero classes.
+    /// [`ModelsError::InvalidConfig`] for a zero width, zero classes or zero input channels.
     pub fn validate(&self) -> Result<()> {
         if self.width == 0 {
             return Err(ModelsError::InvalidConfig(
                 "width must be at least 1".into(),
+            ));
+        }
+        if self.in_channels == 0 {
+            return Err(ModelsError::InvalidConfig(
+                "in_channels must be at least 1".into(),
             ));
         }
         if self.num_classes == Some(0) {
@@ -539,7 +554,7 @@ impl ResNetConfig {
         let mut layers = layers.into_iter();
         let mut next = || layers.next().unwrap_or_default();
         ResNet {
-            conv1: conv(3, w, 7, 2, 3, d),
+            conv1: conv(self.in_channels, w, 7, 2, 3, d),
             bn1: bn(w, d),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
@@ -575,14 +590,14 @@ pub fn stage_sizes(h: usize, w: usize) -> [(usize, usize); 4] {
     out
 }
 
-/// Checks an encoder input of dims `[n, c, h, w]`: 3 channels, nothing empty, and (in train
-/// mode) more than one value per channel at layer4 (PyTorch raises "Expected more than 1 value
-/// per channel when training" there).
-pub(crate) fn check_image_input(dims: [usize; 4], training: bool) -> Result<()> {
+/// Checks an encoder input of dims `[n, c, h, w]`: `channels` channels, nothing empty, and (in
+/// train mode) more than one value per channel at layer4 (PyTorch raises "Expected more than 1
+/// value per channel when training" there).
+pub(crate) fn check_image_input(dims: [usize; 4], channels: usize, training: bool) -> Result<()> {
     let [n, c, h, w] = dims;
-    if c != 3 {
+    if c != channels {
         return Err(ModelsError::InvalidInput(format!(
-            "expected (N, 3, H, W) images, got {c} channel(s) in input of shape {dims:?}"
+            "expected (N, {channels}, H, W) images, got {c} channel(s) in input of shape {dims:?}"
         )));
     }
     if n == 0 || h == 0 || w == 0 {
@@ -603,7 +618,7 @@ pub(crate) fn check_image_input(dims: [usize; 4], training: bool) -> Result<()> 
 /// A torchvision ResNet: `conv1`, `bn1`, `layer1..layer4` of [`Block`]s and an optional `fc`.
 #[derive(Module, Debug)]
 pub struct ResNet {
-    /// 7x7 stride-2 stem convolution, 3 -> width.
+    /// 7x7 stride-2 stem convolution, in_channels (3 for RGB) -> width.
     pub conv1: Conv2d,
     /// Stem BN.
     pub bn1: BatchNorm2d,
@@ -637,13 +652,22 @@ impl ResNet {
         self.arch.stage_channels(self.width)
     }
 
+    /// Input channels (bands) of the stem: 3 for RGB.
+    pub fn in_channels(&self) -> usize {
+        self.conv1.weight.dims()[1]
+    }
+
     /// Checks that `x` fits the network (see the crate docs on bad input).
     ///
     /// # Errors
-    /// [`ModelsError::InvalidInput`] for a channel count other than 3, an empty dimension, or
-    /// (train mode) a single value per channel at layer4.
+    /// [`ModelsError::InvalidInput`] for a channel count other than [`ResNet::in_channels`], an
+    /// empty dimension, or (train mode) a single value per channel at layer4.
     pub fn check_input(&self, x: &Tensor<4>) -> Result<()> {
-        check_image_input(x.dims(), self.bn1.is_training_on(&x.device()))
+        check_image_input(
+            x.dims(),
+            self.in_channels(),
+            self.bn1.is_training_on(&x.device()),
+        )
     }
 
     fn stem(&self, x: Tensor<4>) -> Tensor<4> {

@@ -188,6 +188,9 @@ pub struct LoadOptions {
     /// are left out even where the module has a tensor of that name (as `main_lincls.py`
     /// deletes `fc` from the checkpoint before `load_state_dict`).
     pub allow_unused: Vec<String>,
+    /// Load an RGB stem (`conv1.weight` with 3 input channels) into a module whose stem takes
+    /// another number of bands, by [`adapt_input_conv`]'s rule; default false (a mismatch).
+    pub adapt_input_conv: bool,
 }
 
 impl LoadOptions {
@@ -210,6 +213,12 @@ impl LoadOptions {
     pub fn probe_backbone(self) -> Self {
         self.with_allow_missing(["fc."])
             .with_allow_unused(["global_mlps.", "fc."])
+    }
+
+    /// Loads an RGB stem into a stem of another band count ([`adapt_input_conv`]).
+    pub fn with_adapt_input_conv(mut self, yes: bool) -> Self {
+        self.adapt_input_conv = yes;
+        self
     }
 
     /// Sets the top-level key.
@@ -258,6 +267,57 @@ pub struct LoadReport {
     pub unused: Vec<String>,
     /// File keys outside `strip_prefix` (e.g. `module.encoder_k.*`, `module.queue`).
     pub ignored: Vec<String>,
+    /// RGB stems loaded into a stem of another band count ([`adapt_input_conv`]).
+    pub adapted: Vec<String>,
+}
+
+/// The stem convolution's name in a torchvision ResNet.
+pub const STEM_WEIGHT: &str = "conv1.weight";
+
+/// An RGB stem's weight `(out, 3, kh, kw)` for `in_channels` input bands, by the rule of timm's
+/// `adapt_input_conv` (which torchgeo uses for its multispectral ResNets):
+///
+/// * 1 band: the sum of the three RGB filters;
+/// * N > 1 bands: the RGB filters repeated cyclically over the bands (band `b` gets filter
+///   `b mod 3`) and scaled by `3 / N`, so that an input with every band equal to the mean of
+///   R, G and B has the same response as the RGB stem;
+/// * 3 bands: unchanged.
+///
+/// # Errors
+/// [`ModelsError::Tensor`] when `weight` is not a 4-d f32 tensor with 3 input channels, or
+/// `in_channels` is 0.
+pub fn adapt_input_conv(weight: &RawTensor, in_channels: usize) -> Result<RawTensor> {
+    let [out, 3, kh, kw] = weight.shape[..] else {
+        return Err(ModelsError::Tensor(format!(
+            "adapt_input_conv: weight of shape {:?} is not (out, 3, kh, kw)",
+            weight.shape
+        )));
+    };
+    let Some(w) = weight.as_f32() else {
+        return Err(ModelsError::Tensor(
+            "adapt_input_conv: weight is not f32".into(),
+        ));
+    };
+    if in_channels == 0 {
+        return Err(ModelsError::Tensor(
+            "adapt_input_conv: 0 input channels".into(),
+        ));
+    }
+    let k = kh * kw;
+    let mut values = Vec::with_capacity(out * in_channels * k);
+    for o in 0..out {
+        let filters = &w[o * 3 * k..(o + 1) * 3 * k];
+        if in_channels == 1 {
+            values.extend((0..k).map(|i| filters[i] + filters[k + i] + filters[2 * k + i]));
+            continue;
+        }
+        let scale = 3.0 / in_channels as f32;
+        for b in 0..in_channels {
+            let f = &filters[(b % 3) * k..(b % 3 + 1) * k];
+            values.extend(f.iter().map(|&v| v * scale));
+        }
+    }
+    Ok(RawTensor::f32([out, in_channels, kh, kw], values))
 }
 
 fn is_counter(name: &str) -> bool {
@@ -352,6 +412,15 @@ pub fn load_tensors<M: Module>(
             continue;
         };
         raw.check(&name)?;
+        if options.adapt_input_conv
+            && name == STEM_WEIGHT
+            && let [o, c, kh, kw] = want[..]
+            && raw.shape == [o, 3, kh, kw]
+            && c != 3
+        {
+            raw = adapt_input_conv(&raw, c)?;
+            report.adapted.push(name.clone());
+        }
         let got = comparable_shape(&name, &raw.shape);
         if &got != want {
             present.insert(name.clone());

@@ -444,3 +444,104 @@ fn raw_tensor_maps_round_trip_with_metadata() {
         RawTensor::i64([], vec![42])
     );
 }
+
+/// The real torchvision checkpoint of the conformance set, read as a state dict.
+fn torchvision_state() -> (Value, TensorMap) {
+    let set = ConformanceSet::open();
+    let info = set.fixture_info("resnet18_w8.pth").clone();
+    (
+        info,
+        read_pytorch(set.fixture("resnet18_w8.pth"), None).unwrap(),
+    )
+}
+
+/// The torchvision fixture's network with a 13-band stem.
+fn thirteen_band_resnet(info: &Value, device: &Device) -> ResNet {
+    let arch = Arch::from_name(info["arch"].as_str().unwrap()).unwrap();
+    ResNetConfig::new(arch)
+        .with_width(info["width"].as_u64().unwrap() as usize)
+        .with_num_classes(info["num_classes"].as_u64().unwrap() as usize)
+        .with_in_channels(13)
+        .init(device)
+}
+
+#[test]
+fn rgb_checkpoint_loads_into_a_13_band_stem_by_the_repeat_and_scale_rule() {
+    let device = Device::flex();
+    let (info, state) = torchvision_state();
+    let net = thirteen_band_resnet(&info, &device);
+    let options = LoadOptions::new().with_adapt_input_conv(true);
+    let (net, report) = load_tensors(net, state.clone(), &options).unwrap();
+    assert_eq!(report.adapted, ["conv1.weight"]);
+    assert_eq!(net.in_channels(), 13);
+    let rgb = &state["conv1.weight"];
+    let [out, _, kh, kw] = rgb.shape[..] else {
+        panic!("stem shape")
+    };
+    let loaded = module_tensors(&net).unwrap()["conv1.weight"].clone();
+    assert_eq!(loaded.shape, [out, 13, kh, kw]);
+    let (rgb, loaded) = (rgb.to_f32(), loaded.to_f32());
+    let k = kh * kw;
+    for o in 0..out {
+        for b in 0..13 {
+            for i in 0..k {
+                let want = rgb[(o * 3 + b % 3) * k + i] * (3.0 / 13.0);
+                assert_eq!(
+                    loaded[(o * 13 + b) * k + i],
+                    want,
+                    "filter {o}, band {b}, tap {i}"
+                );
+            }
+        }
+    }
+    // every other tensor is loaded as it is
+    let bn = module_tensors(&net).unwrap()["bn1.weight"].to_f32();
+    assert_eq!(bn, state["bn1.weight"].to_f32());
+}
+
+#[test]
+fn one_band_stem_gets_the_sum_of_the_rgb_filters() {
+    let rgb = RawTensor::f32([2, 3, 1, 2], (0..12).map(|v| v as f32).collect());
+    let gray = ssl_models::weights::adapt_input_conv(&rgb, 1).unwrap();
+    assert_eq!(gray.shape, [2, 1, 1, 2]);
+    assert_eq!(
+        gray.to_f32(),
+        [
+            0.0 + 2.0 + 4.0,
+            1.0 + 3.0 + 5.0,
+            6.0 + 8.0 + 10.0,
+            7.0 + 9.0 + 11.0
+        ]
+    );
+    let same = ssl_models::weights::adapt_input_conv(&rgb, 3).unwrap();
+    assert_eq!(same, rgb);
+}
+
+#[test]
+fn rgb_checkpoint_into_a_13_band_stem_is_a_mismatch_without_the_rule() {
+    let device = Device::flex();
+    let (info, state) = torchvision_state();
+    let net = thirteen_band_resnet(&info, &device);
+    let e = load_tensors(net, state, &LoadOptions::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("conv1.weight"), "{e}");
+}
+
+#[test]
+fn a_13_band_network_takes_13_band_images_only() {
+    let device = Device::flex();
+    let net = ResNetConfig::new(Arch::ResNet18)
+        .with_width(8)
+        .with_in_channels(13)
+        .init(&device);
+    let x = Tensor::<4>::zeros([2, 13, 32, 32], &device);
+    assert!(net.check_input(&x).is_ok());
+    assert_eq!(net.pooled(x).dims(), [2, net.feature_dim()]);
+    let rgb = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+    let e = net.check_input(&rgb).unwrap_err().to_string();
+    assert!(
+        e.contains("expected (N, 13, H, W)") && e.contains("3 channel"),
+        "{e}"
+    );
+}

@@ -66,6 +66,16 @@ pub struct CommonArgs {
     /// Input image size, the crop side (default 224).
     #[arg(long, value_name = "PX")]
     pub image_size: Option<usize>,
+    /// Bands of every image, 1 to 32 (default: those of the first training image). 8-bit RGB
+    /// images are read as torchvision reads them; multispectral, 16-bit and float TIFFs as
+    /// float bands.
+    #[arg(long, value_name = "N")]
+    pub bands: Option<usize>,
+    /// Per-band normalization: a JSON file {"mean": [...], "std": [...]} (band_stats.json of
+    /// an earlier run), or auto (default: ImageNet's for RGB images, computed over DATA/train
+    /// for band images).
+    #[arg(long, value_name = "FILE|auto")]
+    pub band_stats: Option<BandStatsArg>,
     /// Backend: cpu (default), or cuda[:N] / vulkan[:N] in builds with those features.
     #[arg(long, value_name = "DEV")]
     pub device: Option<DeviceSpec>,
@@ -219,11 +229,30 @@ pub struct LinclsArgs {
     pub width: Option<usize>,
 }
 
+/// `--band-stats FILE|auto`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BandStatsArg(pub crate::config::BandStatsSource);
+
+impl std::str::FromStr for BandStatsArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        use crate::config::BandStatsSource;
+        match s {
+            "" => Err("expected a file or auto".into()),
+            "auto" => Ok(Self(BandStatsSource::Auto)),
+            path => Ok(Self(BandStatsSource::File(path.into()))),
+        }
+    }
+}
+
 /// The config keys the flags set, for naming a flag in errors: `(key, flag)`.
 pub(crate) const FLAGS: &[(&str, &str)] = &[
     ("data.root", "DIR"),
     ("data.workers", "--workers"),
     ("data.image_size", "--image-size"),
+    ("data.bands", "--bands"),
+    ("data.band_stats", "--band-stats"),
     ("training.epochs", "--epochs"),
     ("training.start_epoch", "--start-epoch"),
     ("training.batch_size", "--batch-size"),
@@ -318,6 +347,12 @@ impl CommonArgs {
         g.set("data.root", &mut data.root, self.data.clone());
         g.set("data.workers", &mut data.workers, self.workers);
         g.set("data.image_size", &mut data.image_size, self.image_size);
+        g.set("data.bands", &mut data.bands, self.bands.map(Some));
+        g.set(
+            "data.band_stats",
+            &mut data.band_stats,
+            self.band_stats.clone().map(|b| b.0),
+        );
         g.flag(
             "data.skip_corrupt",
             &mut data.skip_corrupt,

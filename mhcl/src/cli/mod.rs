@@ -256,6 +256,10 @@ pub struct SyntheticArgs {
     /// Seed.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+    /// Bands per image: 3 writes RGB PNGs, any other count (1 to 32) 16-bit multispectral
+    /// TIFFs (13: a Sentinel-2 stand-in).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub bands: usize,
     /// Destination folder (must not exist or be empty).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
@@ -273,6 +277,7 @@ fn run_synthetic(args: &SyntheticArgs) -> Result<()> {
         .with_per_class(args.train_per_class, args.val_per_class)
         .with_size(args.size)
         .with_seed(args.seed)
+        .with_bands(args.bands)
         .generate(&args.dir)?;
     println!(
         "wrote {} classes, {} train / {} val images to {}",
