@@ -22,6 +22,11 @@ use crate::image::RgbImage;
 /// The most bands a [`BandImage`] may have.
 pub const MAX_BANDS: usize = 32;
 
+/// The most samples (pixels x bands) [`decode_bands`] decodes: twice Pillow's
+/// `MAX_IMAGE_PIXELS`, 1.43 GB as `f32` (a 13-band image of up to 5 250 x 5 250 pixels). A
+/// header announcing more is refused before anything is allocated.
+pub const MAX_BAND_SAMPLES: usize = MAX_IMAGE_PIXELS * 2;
+
 /// An image of `bands` planes of `f32` samples, stored plane after plane (CHW).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BandImage {
@@ -272,7 +277,7 @@ pub fn decode_bands(bytes: &[u8], path: &Path) -> Result<BandImage> {
     let buffer = decoder.read_image_to_buffer(&mut result).map_err(err)?;
     let planar = buffer.planes > 1;
     let (w, h, n) = (layout.width, layout.height, layout.bands);
-    let samples = to_f32(result, path)?;
+    let mut samples = to_f32(result, path)?;
     if samples.len() < w * h * n {
         return Err(decode_err(
             path,
@@ -280,7 +285,8 @@ pub fn decode_bands(bytes: &[u8], path: &Path) -> Result<BandImage> {
         ));
     }
     let data = if planar || n == 1 {
-        samples[..w * h * n].to_vec()
+        samples.truncate(w * h * n);
+        samples
     } else {
         deinterleave(&samples, n, w * h)
     };
@@ -315,8 +321,8 @@ fn tiff_decoder<'a>(
     path: &Path,
 ) -> Result<tiff::decoder::Decoder<std::io::Cursor<&'a [u8]>>> {
     let mut limits = tiff::decoder::Limits::default();
-    // the largest image within the pixel limit: MAX_BANDS samples of 8 bytes
-    limits.decoding_buffer_size = MAX_IMAGE_PIXELS.saturating_mul(MAX_BANDS * 8);
+    // the largest image within the sample limit, as f32 (f64 files get half as many samples)
+    limits.decoding_buffer_size = MAX_BAND_SAMPLES * 4;
     tiff::decoder::Decoder::new(std::io::Cursor::new(bytes))
         .map(|d| d.with_limits(limits))
         .map_err(|e| decode_err(path, e.to_string()))
@@ -367,6 +373,16 @@ fn tiff_layout<R: std::io::Read + std::io::Seek>(
         return Err(decode_err(
             path,
             format!("{bands} bands, more than the {MAX_BANDS} supported"),
+        ));
+    }
+    let samples = w.saturating_mul(h).saturating_mul(bands);
+    if samples > MAX_BAND_SAMPLES {
+        return Err(decode_err(
+            path,
+            format!(
+                "the header announces {bands} bands of {w} x {h} = {samples} samples, more than \
+                 the limit of {MAX_BAND_SAMPLES} (a damaged header, or an image to tile first)"
+            ),
         ));
     }
     Ok(TiffLayout {

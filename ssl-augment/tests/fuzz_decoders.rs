@@ -11,6 +11,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::time::Duration;
 
+use ssl_augment::bands::{BandImage, MAX_BAND_SAMPLES, TiffSample, decode_bands, encode_tiff};
 use ssl_augment::folder::{MAX_IMAGE_PIXELS, decode_image};
 use ssl_conformance::fuzz::{CountingAlloc, FuzzConfig, fuzz};
 
@@ -117,4 +118,45 @@ fn a_header_announcing_a_huge_picture_is_refused_before_decoding() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bomb.jpg") && e.contains("pixels"), "{e}");
+}
+
+#[test]
+fn decode_bands_refuses_damaged_tiffs_without_panicking() {
+    let img = BandImage::from_fn(13, 19, 11, |b, x, y| {
+        ((b * 5 + x * 3 + y) % 17) as f32 / 16.0
+    });
+    let seeds = [
+        encode_tiff(&img, TiffSample::U16, true),
+        encode_tiff(&img, TiffSample::F32, false),
+        encode_tiff(&img, TiffSample::U8, true),
+    ];
+    let path = "damaged_bands.tif";
+    let config = FuzzConfig {
+        max_inputs: 5000,
+        max_time: Duration::from_secs(8),
+        // the decode buffer at the sample limit plus its f32 copy
+        alloc_fixed: MAX_BAND_SAMPLES * 4 * 2 + (64 << 20),
+        seed: 11,
+        ..FuzzConfig::default()
+    }
+    .with_env_overrides();
+    let report = fuzz(
+        "decode_bands tif",
+        &seeds,
+        &config,
+        |bytes| match decode_bands(bytes, Path::new(path)) {
+            Ok(img) => {
+                assert!(img.hw().0 > 0 && img.hw().1 > 0);
+                assert!(img.as_raw().iter().all(|v| v.is_finite()));
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(path), "the error must name the file: {msg}");
+                Err(msg)
+            }
+        },
+    );
+    println!("{report}");
+    assert!(report.accepted > 0 && report.refused > 0, "{report}");
 }
