@@ -85,24 +85,41 @@ fn pass(src: &[f32], w: usize, h: usize, c: &FloatCoeffs, horizontal: bool) -> V
     }
 }
 
-/// Pillow's bilinear resize of one float plane (`Image.fromarray(plane, "F").resize((out_w,
-/// out_h), BILINEAR)`): the pass order of Pillow 13 (vertical first iff `(H - h) > 0` and
-/// `(H - h) > 2 (W - w)`), passes whose size does not change skipped.
-fn resize_plane(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
-    let need_h = out_w != w;
-    let need_v = out_h != h;
-    let dh = h as i64 - out_h as i64;
-    let dw = w as i64 - out_w as i64;
-    let horizontal =
-        |s: &[f32], rows: usize| pass(s, w, rows, &FloatCoeffs::bilinear(w, out_w), true);
-    let vertical =
-        |s: &[f32], cols: usize| pass(s, cols, h, &FloatCoeffs::bilinear(h, out_h), false);
-    match (need_h, need_v) {
-        (false, false) => src.to_vec(),
-        (true, false) => horizontal(src, h),
-        (false, true) => vertical(src, w),
-        (true, true) if dh > 0 && dh > 2 * dw => horizontal(&vertical(src, w), out_h),
-        (true, true) => vertical(&horizontal(src, h), out_w),
+/// The filter weights of a resize from `h x w` to `out_h x out_w`, computed once for all bands:
+/// `(horizontal, vertical)`, `None` for an axis whose size does not change (Pillow skips that
+/// pass).
+struct ResizePlan {
+    horizontal: Option<FloatCoeffs>,
+    vertical: Option<FloatCoeffs>,
+    /// Pillow 13: vertical first iff `(H - h) > 0` and `(H - h) > 2 (W - w)`.
+    vertical_first: bool,
+}
+
+impl ResizePlan {
+    fn new(h: usize, w: usize, out_h: usize, out_w: usize) -> Self {
+        let dh = h as i64 - out_h as i64;
+        let dw = w as i64 - out_w as i64;
+        Self {
+            horizontal: (out_w != w).then(|| FloatCoeffs::bilinear(w, out_w)),
+            vertical: (out_h != h).then(|| FloatCoeffs::bilinear(h, out_h)),
+            vertical_first: dh > 0 && dh > 2 * dw,
+        }
+    }
+
+    /// Pillow's bilinear resize of one float plane of `h x w` (`Image.fromarray(plane,
+    /// "F").resize((out_w, out_h), BILINEAR)`).
+    fn resize_plane(&self, src: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let out_w = self.horizontal.as_ref().map_or(w, |c| c.bounds.len());
+        match (&self.horizontal, &self.vertical) {
+            (None, None) => src.to_vec(),
+            (Some(ch), None) => pass(src, w, h, ch, true),
+            (None, Some(cv)) => pass(src, w, h, cv, false),
+            (Some(ch), Some(cv)) if self.vertical_first => {
+                let out_h = cv.bounds.len();
+                pass(&pass(src, w, h, cv, false), w, out_h, ch, true)
+            }
+            (Some(ch), Some(cv)) => pass(&pass(src, w, h, ch, true), out_w, h, cv, false),
+        }
     }
 }
 
@@ -171,9 +188,10 @@ pub fn resize(img: &BandImage, out_h: usize, out_w: usize) -> Result<BandImage> 
         )));
     }
     let (h, w) = img.hw();
+    let plan = ResizePlan::new(h, w, out_h, out_w);
     let mut data = Vec::with_capacity(img.bands() * out_h * out_w);
     for plane in img.planes() {
-        data.extend(resize_plane(plane, h, w, out_h, out_w));
+        data.extend(plan.resize_plane(plane, h, w));
     }
     BandImage::from_planes(img.bands(), out_w, out_h, data)
 }
