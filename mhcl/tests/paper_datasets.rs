@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{mhcl_bin, serial};
 
@@ -86,26 +86,26 @@ fn root() -> PathBuf {
     std::env::temp_dir().join(format!("mhcl-paper-datasets-{}", std::process::id()))
 }
 
-/// `SRC/<class>/<class><i>.<ext>` with `PER_CLASS` scenes per class.
-fn write_stand_in(src: &Path, classes: usize, side: u32, ext: &str) {
-    if src.is_dir() {
-        return;
-    }
-    for c in 0..classes {
-        let class = format!("class_{c:02}");
-        let dir = src.join(&class);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..PER_CLASS {
-            let img = mhcl::synthetic::render(c % 8, side, (c * 100 + i) as u64);
-            img.save(dir.join(format!("{class}{i:02}.{ext}"))).unwrap();
+/// The stand-in of `d` (`SRC/<class>/<class><i>.<ext>`, `PER_CLASS` scenes per class, written
+/// once) split with its ratio into `root()/dst`; returns `dst` and the output of `mhcl split`.
+fn split_stand_in(d: &PaperDataset, dst: &str) -> (PathBuf, (i32, String, String)) {
+    let src = root().join(d.src);
+    if !src.is_dir() {
+        for c in 0..d.classes {
+            let class = format!("class_{c:02}");
+            let dir = src.join(&class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..PER_CLASS {
+                let img = mhcl::synthetic::render(c % 8, d.side, (c * 100 + i) as u64);
+                img.save(dir.join(format!("{class}{i:02}.{}", d.ext)))
+                    .unwrap();
+            }
         }
     }
-}
-
-/// `mhcl split --ratio RATIO --seed 0 SRC DST`.
-fn split(src: &Path, dst: &Path, ratio: &str) -> (i32, String, String) {
-    let (src, dst) = (src.to_str().unwrap(), dst.to_str().unwrap());
-    mhcl_bin(&["split", "--ratio", ratio, "--seed", "0", src, dst])
+    let dst = root().join(dst);
+    let (s, t) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let out = mhcl_bin(&["split", "--ratio", d.ratio, "--seed", "0", s, t]);
+    (dst, out)
 }
 
 /// Train images per class of a `a:b` split of `PER_CLASS` images (Python's `round`).
@@ -122,17 +122,13 @@ fn every_paper_dataset_splits_with_its_ratio_and_opens_as_rgb() {
     for d in DATASETS {
         let PaperDataset {
             name,
-            src,
             classes,
             side,
             ext,
             ratio,
             ..
         } = *d;
-        let src = root().join(src);
-        write_stand_in(&src, classes, side, ext);
-        let dst = root().join(name);
-        let (code, stdout, stderr) = split(&src, &dst, ratio);
+        let (dst, (code, stdout, stderr)) = split_stand_in(d, name);
         assert_eq!(code, 0, "{name}: {stderr}");
         let train = train_per_class(ratio) * classes;
         let val = PER_CLASS * classes - train;
@@ -155,23 +151,11 @@ fn every_paper_dataset_splits_with_its_ratio_and_opens_as_rgb() {
 fn uc_merced_and_aid_stand_ins_pretrain_with_the_papers_beta() {
     let _g = serial();
     for d in DATASETS {
-        let PaperDataset {
-            name,
-            src,
-            classes,
-            side,
-            ext,
-            ratio,
-            a,
-            b,
-        } = *d;
+        let PaperDataset { name, a, b, .. } = *d;
         if !matches!(name, "UCM64" | "AID28") {
             continue;
         }
-        let src = root().join(src);
-        write_stand_in(&src, classes, side, ext);
-        let dst = root().join(format!("{name}-run"));
-        let (code, _, stderr) = split(&src, &dst, ratio);
+        let (dst, (code, _, stderr)) = split_stand_in(d, &format!("{name}-run"));
         assert_eq!(code, 0, "{name}: {stderr}");
         let out = root().join(format!("{name}-out"));
         let (code, stdout, stderr) = mhcl_bin(&[
