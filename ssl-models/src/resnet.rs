@@ -15,10 +15,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
-use burn::tensor::ops::PadMode;
-use burn::tensor::{DType, Slice};
 
 use crate::batchnorm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::error::{ModelsError, Result};
@@ -135,50 +134,31 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device
         .init(d)
 }
 
-/// Largest number of output positions per image for which [`conv_forward`] uses the matrix
-/// product (layer4 at small input sizes).
-const GEMM_CONV_MAX_POSITIONS: usize = 4;
-
-/// Largest number of output positions per image for which [`conv_forward`] computes a strided
-/// 1x1 convolution (a projection shortcut) as a matrix product.
-const GEMM_CONV_MAX_POSITIONS_1X1: usize = 64;
-
 /// Fewest output positions per image for which [`conv_forward`] computes a stride-1 1x1
 /// convolution as a batched matrix product in place (no im2col).
 const POINTWISE_MIN_POSITIONS: usize = 64;
 
 /// Most input channels for which [`conv_forward`] computes a stride-1 1x1 convolution as a
-/// batched matrix product (above it, and at few positions, the backend's convolution is faster:
+/// batched matrix product (above it, and at few positions, the convolution kernel is faster:
 /// the weight gradient is then a sum over the batch of large products).
 const POINTWISE_MAX_CHANNELS: usize = 256;
 
-/// `conv.forward(x)`, computed as one matrix product over the whole batch where that is much
-/// faster than the backend's convolution.
+/// `conv.forward(x)`, through the faster of this crate's two matrix-product forms on the Flex
+/// CPU device (f32, no bias, groups or dilation, symmetric padding); `conv.forward` elsewhere.
 ///
 /// Stride-1 1x1 convolutions without padding (a bottleneck's `conv1` and `conv3`, layer1's
 /// shortcut) with at least [`POINTWISE_MIN_POSITIONS`] positions per image and at most
 /// [`POINTWISE_MAX_CHANNELS`] input channels are `weight (O, C) @ x (N, C, H*W)`, a batched
 /// product on the NCHW data as it lies: no im2col, no copy. Forward + backward on 2 cores
-/// (`conv2d` -> product, ms): batch 16 at 16x16, 64 -> 256: 6.2 -> 3.1, 256 -> 64: 14.8 -> 10.7;
-/// at 8x8, 128 -> 512: 7.4 -> 4.2 (512 -> 128: 9.7 either way); batch 32 at 28x28, 64 -> 256:
-/// 122 -> 38, 256 -> 64: 105 -> 70; at 7x7, 1024 -> 256: 33 against 50, so left to `conv2d`.
+/// (convolution -> product, ms): batch 16 at 16x16, 64 -> 256: 6.2 -> 3.1, 256 -> 64: 14.8 ->
+/// 10.7; at 8x8, 128 -> 512: 7.4 -> 4.2 (512 -> 128: 9.7 either way); batch 32 at 28x28,
+/// 64 -> 256: 122 -> 38, 256 -> 64: 105 -> 70; at 7x7, 1024 -> 256: 33 against 50, so left to
+/// the convolution.
 ///
-/// Otherwise, on the Flex CPU device, for f32 convolutions without
-/// bias, groups or dilation whose output has at most [`GEMM_CONV_MAX_POSITIONS`] positions per
-/// image (layer4 at small input sizes: the backend then runs its matrix kernels image by image
-/// on a few rows each) and for strided 1x1 convolutions (projection shortcuts) with at most
-/// [`GEMM_CONV_MAX_POSITIONS_1X1`]. Measured on 2 cores at batch 32: layer4's 3x3 convolution
-/// at 2x2 takes 13 ms forward and 28 ms backward instead of 30 and 73; a shortcut's backward
-/// 1.5 ms instead of 8.
-///
-/// Every other such convolution (the 3x3 ones, the stem, strided ones) runs through
-/// [`crate::kernels::conv::conv2d`]: burn-flex's forward with the gradients as one matrix
-/// product per image.
-///
-/// The product is `cols (N*Ho*Wo, C*kh*kw) @ weight (O, C*kh*kw)^T`, where `cols` holds the
-/// input patches (zero padded) in the weight's `(C, kh, kw)` order; it is built from strided
-/// slices of the input, so the gradients come from the same tensor operations. The values are
-/// the convolution's up to float rounding (sums in another order, about 1e-6 relative).
+/// Every other convolution (the 3x3 ones, the stem, strided ones and shortcuts) runs through
+/// [`crate::kernels::conv::conv2d`]: im2col + gemm for a few images at a time, forward and
+/// backward. The values are the convolution's up to float rounding (sums in another order,
+/// about 1e-6 relative).
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     use crate::kernels::conv::{ConvGeometry, conv2d as gemm_conv2d};
     let [n, c, h, w] = x.dims();
@@ -189,21 +169,16 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Valid => (0, 0, 0, 0),
         PaddingConfig2d::Same => return conv.forward(x),
     };
-    let (hp, wp) = (h + top + bottom, w + left + right);
     let plain = conv.groups == 1
         && conv.dilation == [1, 1]
         && conv.bias.is_none()
-        && hp >= kh
-        && wp >= kw
-        && sh > 0
-        && sw > 0;
+        && top == bottom
+        && left == right;
     if !plain || x.dtype() != DType::F32 || x.device().inner() != Device::flex() {
         return conv.forward(x);
     }
-    let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
-    let positions = ho * wo;
-    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && hp == h && wp == w;
-    if pointwise && positions >= POINTWISE_MIN_POSITIONS && c <= POINTWISE_MAX_CHANNELS {
+    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && top + left == 0;
+    if pointwise && h * w >= POINTWISE_MIN_POSITIONS && c <= POINTWISE_MAX_CHANNELS {
         let weight = conv.weight.val();
         let o = weight.dims()[0];
         return weight
@@ -211,52 +186,11 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             .matmul(x.reshape([n, c, h * w]))
             .reshape([n, o, h, w]);
     }
-    let pointwise_strided = kh == 1 && kw == 1 && (sh > 1 || sw > 1);
-    let small = positions <= GEMM_CONV_MAX_POSITIONS
-        || (pointwise_strided && positions <= GEMM_CONV_MAX_POSITIONS_1X1);
-    if !small {
-        if top == bottom && left == right {
-            let geometry = ConvGeometry {
-                stride: [sh, sw],
-                padding: [top, left],
-            };
-            return gemm_conv2d(x, conv.weight.val(), geometry);
-        }
-        return conv.forward(x);
-    }
-    let weight = conv.weight.val();
-    let o = weight.dims()[0];
-    let xp = if top + bottom + left + right > 0 {
-        x.pad([(top, bottom), (left, right)], PadMode::Constant(0.0))
-    } else {
-        x
+    let geometry = ConvGeometry {
+        stride: [sh, sw],
+        padding: [top, left],
     };
-    let all = Slice::with_step(0, None, 1);
-    let window = |start: usize, len: usize, step: usize| {
-        Slice::with_step(
-            start as isize,
-            Some((start + step * (len - 1) + 1) as isize),
-            step as isize,
-        )
-    };
-    let mut patches = Vec::with_capacity(kh * kw);
-    for i in 0..kh {
-        for j in 0..kw {
-            patches.push(
-                xp.clone()
-                    .slice([all, all, window(i, ho, sh), window(j, wo, sw)]),
-            );
-        }
-    }
-    // (N, C, kh*kw, Ho, Wo) -> rows (n, ho, wo), columns (c, i, j) as in the weight.
-    let cols: Tensor<5> = Tensor::stack(patches, 2);
-    let cols = cols
-        .permute([0, 3, 4, 1, 2])
-        .reshape([n * positions, c * kh * kw]);
-    let weight = weight.reshape([o, c * kh * kw]).transpose();
-    cols.matmul(weight)
-        .reshape([n, ho, wo, o])
-        .permute([0, 3, 1, 2])
+    gemm_conv2d(x, conv.weight.val(), geometry)
 }
 
 fn bn(c: usize, d: &Device) -> BatchNorm2d {
@@ -728,10 +662,10 @@ mod tests {
         use burn::tensor::Distribution;
         let device = Device::flex().autodiff();
         device.seed(11);
-        // (cin, cout, kernel, stride, pad, input size): layer4-like 3x3 convolutions, the
-        // strided one and a projection shortcut take the matrix product; so do stride-1 1x1
-        // convolutions at 8x8 and more (expanding, reducing, one channel); the 3x3 at 6x6 and
-        // the 1x1 with few positions or padding do not.
+        // (cin, cout, kernel, stride, pad, input size): stride-1 1x1 convolutions at 8x8 and
+        // more (expanding, reducing, one channel) take the batched product; layer4-like 3x3
+        // convolutions, the strided one, a projection shortcut, the 3x3 at 6x6 and the 1x1
+        // with few positions or padding take the convolution kernel.
         for (cin, cout, k, stride, pad, size) in [
             (6, 5, 3, 1, 1, 2),
             (4, 6, 3, 2, 1, 4),

@@ -108,37 +108,80 @@ fn fused_batch_norm_feeding_a_convolution_directly_has_burns_gradients() {
     assert!(max_rel_diff(a.2, b.2) < 1e-4, "dweight");
 }
 
+/// The largest relative differences `(y, dx, dweight)` between `conv2d` and burn's convolution
+/// of a random `x (n, c, h, w)` with a random `(o, c, k, k)` weight.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_against_burn(
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    seed: u64,
+) -> (f32, f32, f32) {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let weight = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.5), &device);
+    let geometry = ConvGeometry {
+        stride: [stride, stride],
+        padding: [pad, pad],
+    };
+
+    let (x1, w1) = (x.clone().require_grad(), weight.clone().require_grad());
+    let y1 = conv2d(x1.clone(), w1.clone(), geometry);
+    let r = Tensor::<4>::random(y1.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let grads1 = y1.clone().mul(r.clone()).sum().backward();
+
+    let (x2, w2) = (x.require_grad(), weight.require_grad());
+    let options = burn::tensor::ops::ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
+    let y2 = burn::tensor::module::conv2d(x2.clone(), w2.clone(), None, options);
+    let grads2 = y2.clone().mul(r).sum().backward();
+
+    (
+        max_rel_diff(y1.inner(), y2.inner()),
+        max_rel_diff(x1.grad(&grads1).unwrap(), x2.grad(&grads2).unwrap()),
+        max_rel_diff(w1.grad(&grads1).unwrap(), w2.grad(&grads2).unwrap()),
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
     fn gemm_conv2d_matches_burn_in_values_and_both_gradients(
-        n in 1usize..4, c in 1usize..6, o in 1usize..6, h in 1usize..10, w in 1usize..10,
+        n in 1usize..12, c in 1usize..6, o in 1usize..6, h in 1usize..10, w in 1usize..10,
         k in prop::sample::select(vec![1usize, 3, 5, 7]), stride in 1usize..4, pad in 0usize..4,
         seed in any::<u64>(),
     ) {
         prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
-        let device = Device::flex().autodiff();
-        device.seed(seed);
-        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let weight = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.5), &device);
-        let geometry = ConvGeometry { stride: [stride, stride], padding: [pad, pad] };
-
-        let (x1, w1) = (x.clone().require_grad(), weight.clone().require_grad());
-        let y1 = conv2d(x1.clone(), w1.clone(), geometry);
-        let r = Tensor::<4>::random(y1.dims(), Distribution::Normal(0.0, 1.0), &device);
-        let grads1 = y1.clone().mul(r.clone()).sum().backward();
-
-        let (x2, w2) = (x.require_grad(), weight.require_grad());
-        let options = burn::tensor::ops::ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
-        let y2 = burn::tensor::module::conv2d(x2.clone(), w2.clone(), None, options);
-        let grads2 = y2.clone().mul(r).sum().backward();
-
-        prop_assert!(max_rel_diff(y1.inner(), y2.inner()) < 1e-5);
-        let dx = max_rel_diff(x1.grad(&grads1).unwrap(), x2.grad(&grads2).unwrap());
-        let dw = max_rel_diff(w1.grad(&grads1).unwrap(), w2.grad(&grads2).unwrap());
+        let (y, dx, dw) = conv2d_against_burn(n, c, o, h, w, k, stride, pad, seed);
+        prop_assert!(y < 1e-5, "y {y}");
         prop_assert!(dx < 1e-5, "dx {dx}");
         prop_assert!(dw < 1e-5, "dweight {dw}");
+    }
+}
+
+#[test]
+fn gemm_conv2d_with_several_images_per_product_and_a_short_last_chunk_matches_burn() {
+    // 3 tasks share 11 images (4, 4, 3); at 2x2 and 3x3 outputs each product takes all of a
+    // task's images, so the last product is one image short. 1 thread: one chunk of 11.
+    for threads in [3, 1] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for (h, k, stride, pad) in [(2, 3, 1, 1), (5, 3, 2, 1), (6, 1, 2, 0)] {
+            let (y, dx, dw) =
+                pool.install(|| conv2d_against_burn(11, 8, 9, h, h, k, stride, pad, 5));
+            assert!(
+                y < 1e-5 && dx < 1e-5 && dw < 1e-5,
+                "{threads} threads, {h}x{h} k{k} s{stride}: {y} {dx} {dw}"
+            );
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! 2-D convolution on the Flex CPU device, forward and backward as matrix products per image on
-//! the NCHW data (im2col + gemm, as PyTorch's CPU `thnn_conv2d` does).
+//! 2-D convolution on the Flex CPU device, forward and backward as matrix products over the
+//! images' patches on the NCHW data (im2col + gemm, as PyTorch's CPU `thnn_conv2d` does).
 //!
 //! For image `n`, with `cols_n (K, P)` the zero-padded input patches (`K = C * kh * kw` rows in
 //! the weight's `(c, i, j)` order, `P = Ho * Wo` output positions) and `dy_n (O, P)`:
@@ -13,13 +13,17 @@
 //! burn's default backward computes `dW` as a convolution of the batch-swapped input with the
 //! batch-swapped output gradient as its kernel (an `Ho x Wo` kernel with a `kh x kw` output:
 //! an im2col of the whole batch per input channel feeding products a few columns wide) and
-//! `dx` as a transposed convolution; here each is one well-shaped product per image. Images run
-//! in parallel, each task with one patch buffer reused for its images; the weight gradient is
-//! summed over the tasks in f32, as PyTorch's (the sums run in another order: results agree to
-//! float rounding). The forward is ours too: burn-flex's (NHWC copy + tiled im2col) measured
-//! slower. Cutting the batch into chunks with one wider product each was measured slower on 2
-//! cores as well: the position-major patches it needs cost more to build than the products gain
-//! (ResNet-18 b32 64 px step 610 -> 720 ms).
+//! `dx` as a transposed convolution; here each is one well-shaped product. Images with few
+//! output positions are taken several at a time (`B = ceil(128 / P)`, at most a task's share of
+//! the batch), their patches side by side in one `cols (K, B * P)` and their outputs reordered
+//! from `(O, B * P)`, so that every product has at least ~128 columns: gemm ran a one-image
+//! product at `P = 16` (layer3 at 64 px) on its narrowest kernel, and at `P = 4` (layer4) far
+//! below peak (forward + backward at batch 32 on 2 cores, ms: 256 -> 256 at 4x4 14.9 -> 9.1,
+//! 512 -> 512 at 2x2 55 -> 12.3; 64 and 128 channels at 16x16 and 8x8 unchanged, one image per
+//! product). Chunks run in parallel, each task with one patch buffer reused for its chunks; the
+//! weight gradient is summed over the tasks in f32, as PyTorch's (the sums run in another
+//! order: results agree to float rounding). The forward is ours too: burn-flex's (NHWC copy +
+//! tiled im2col) measured slower.
 //!
 //! [`conv2d`] takes this path for f32 tensors on the Flex device without groups, dilation or
 //! bias, and `burn::tensor::module::conv2d` everywhere else.
@@ -130,8 +134,9 @@ impl Shape {
 }
 
 /// The patches of one image: `cols (K, P)` from `x (C, H, W)`, zeros outside the image (row
-/// `k = (c, i, j)` holds the input each output position multiplies with weight column `k`).
-fn im2col(x: &[f32], s: &Shape, cols: &mut [f32]) {
+/// `k = (c, i, j)` holds the input each output position multiplies with weight column `k`);
+/// row `k` starts at `cols[k * ld]`, so the patches of several images can sit side by side.
+fn im2col(x: &[f32], s: &Shape, cols: &mut [f32], ld: usize) {
     let p = s.p();
     let (sh, sw) = (s.g.stride[0], s.g.stride[1]);
     let (ph, pw) = (s.g.padding[0], s.g.padding[1]);
@@ -140,7 +145,7 @@ fn im2col(x: &[f32], s: &Shape, cols: &mut [f32]) {
         for i in 0..s.kh {
             let (r0, r1) = s.valid(i, s.h, s.ho, 0);
             for j in 0..s.kw {
-                let row = &mut cols[((c * s.kh + i) * s.kw + j) * p..][..p];
+                let row = &mut cols[((c * s.kh + i) * s.kw + j) * ld..][..p];
                 let (q0, q1) = s.valid(j, s.w, s.wo, 1);
                 row[..r0 * s.wo].fill(0.0);
                 row[r1 * s.wo..].fill(0.0);
@@ -166,9 +171,9 @@ fn im2col(x: &[f32], s: &Shape, cols: &mut [f32]) {
     }
 }
 
-/// Adds the patches' gradients `dcols (K, P)` of one image into `dx (C, H, W)`, which the
-/// caller allocated zeroed.
-fn col2im(dcols: &[f32], s: &Shape, dx: &mut [f32]) {
+/// Adds the patches' gradients `dcols (K, P)` of one image (row `k` at `dcols[k * ld]`) into
+/// `dx (C, H, W)`, which the caller allocated zeroed.
+fn col2im(dcols: &[f32], s: &Shape, dx: &mut [f32], ld: usize) {
     let p = s.p();
     let (sh, sw) = (s.g.stride[0], s.g.stride[1]);
     let (ph, pw) = (s.g.padding[0], s.g.padding[1]);
@@ -177,7 +182,7 @@ fn col2im(dcols: &[f32], s: &Shape, dx: &mut [f32]) {
         for i in 0..s.kh {
             let (r0, r1) = s.valid(i, s.h, s.ho, 0);
             for j in 0..s.kw {
-                let row = &dcols[((c * s.kh + i) * s.kw + j) * p..][..p];
+                let row = &dcols[((c * s.kh + i) * s.kw + j) * ld..][..p];
                 let (q0, q1) = s.valid(j, s.w, s.wo, 1);
                 for ho in r0..r1 {
                     let src = &row[ho * s.wo..][..s.wo];
@@ -246,28 +251,86 @@ fn matmul(
     }
 }
 
-/// Runs `per_image(n, cols, out)` for every image in parallel, each task reusing one patch
-/// buffer of `K * P` values; `out` is image `n`'s block of `outputs` (`block` values each).
-fn for_each_image<A: Send>(
+/// Fewest columns one product gets: images whose outputs have fewer positions than this are
+/// convolved several at a time, their patches side by side (`cols (K, B * P)`), so that gemm's
+/// widest kernels apply (at `P = 16`, layer3 at 64 px, one image gave gemm a 16-column product
+/// that ran on its narrowest kernel).
+const PRODUCT_COLUMNS: usize = 128;
+
+/// How the batch is cut: `per_task` images per parallel task, `batch` images per product.
+#[derive(Clone, Copy, Debug)]
+struct Chunking {
+    per_task: usize,
+    batch: usize,
+}
+
+impl Chunking {
+    fn new(images: usize, positions: usize) -> Self {
+        let per_task = images.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let batch = PRODUCT_COLUMNS
+            .div_ceil(positions.max(1))
+            .clamp(1, per_task);
+        Self { per_task, batch }
+    }
+}
+
+/// One task's buffers, reused for its chunks: the patches `cols (K, B * P)` and `side`, a
+/// `(O, B * P)` block for outputs (or output gradients) of the chunk in product order.
+struct Scratch {
+    cols: Vec<f32>,
+    side: Vec<f32>,
+}
+
+/// Runs `per_chunk(first, count, scratch, out, acc)` for the images of the batch in parallel,
+/// `count` images at a time (see [`Chunking`]); `out` is the chunk's block of `outputs` (`block`
+/// values per image). Returns each task's accumulator.
+fn for_each_chunk<A: Send>(
     outputs: &mut [f32],
     block: usize,
-    patch_len: usize,
+    s: &Shape,
     init: impl Fn() -> A + Sync,
-    per_image: impl Fn(usize, &mut [f32], &mut [f32], &mut A) + Sync,
+    per_chunk: impl Fn(usize, usize, &mut Scratch, &mut [f32], &mut A) + Sync,
 ) -> Vec<A> {
     let images = outputs.len() / block.max(1);
-    let per_task = images.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let plan = Chunking::new(images, s.p());
+    let columns = plan.batch * s.p();
     outputs
-        .par_chunks_mut(block * per_task)
+        .par_chunks_mut(block * plan.per_task)
         .enumerate()
         .map(|(task, chunk)| {
-            let (mut cols, mut acc) = (vec![0.0f32; patch_len], init());
-            for (local, out) in chunk.chunks_mut(block).enumerate() {
-                per_image(task * per_task + local, &mut cols, out, &mut acc);
+            let mut scratch = Scratch {
+                cols: vec![0.0f32; s.k() * columns],
+                side: vec![0.0f32; if plan.batch > 1 { s.o * columns } else { 0 }],
+            };
+            let mut acc = init();
+            for (i, out) in chunk.chunks_mut(block * plan.batch).enumerate() {
+                let first = task * plan.per_task + i * plan.batch;
+                per_chunk(first, out.len() / block, &mut scratch, out, &mut acc);
             }
             acc
         })
         .collect()
+}
+
+/// The `(O, P)` blocks of `count` images, image after image (NCHW), into product order:
+/// `side (O, count * P)` with image `b` in columns `b * P ..`.
+fn to_product_order(nchw: &[f32], side: &mut [f32], count: usize, s: &Shape) {
+    let (o, p) = (s.o, s.p());
+    for b in 0..count {
+        for oi in 0..o {
+            side[oi * count * p + b * p..][..p].copy_from_slice(&nchw[(b * o + oi) * p..][..p]);
+        }
+    }
+}
+
+/// The inverse of [`to_product_order`].
+fn from_product_order(side: &[f32], nchw: &mut [f32], count: usize, s: &Shape) {
+    let (o, p) = (s.o, s.p());
+    for b in 0..count {
+        for oi in 0..o {
+            nchw[(b * o + oi) * p..][..p].copy_from_slice(&side[oi * count * p + b * p..][..p]);
+        }
+    }
 }
 
 /// oneDNN's convolution (feature `onednn`), for the stride-1 convolutions with a kernel larger
@@ -381,7 +444,7 @@ mod onednn {
     }
 }
 
-/// The convolution, image by image: `y_n (O, P) = W (O, K) @ cols_n (K, P)`.
+/// The convolution, a few images per product: `y_n (O, P) = W (O, K) @ cols_n (K, P)`.
 fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     let (x, weight) = (contiguous(x), contiguous(weight));
     let (xd, wd) = (dims4(&x), dims4(&weight));
@@ -401,20 +464,38 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     let ws = weight.as_slice::<f32>().expect("f32");
     let image = s.c * s.h * s.w;
     let mut y = vec![0.0f32; xd[0] * o * p];
-    for_each_image(
+    for_each_chunk(
         &mut y,
         o * p,
-        k * p,
+        &s,
         || (),
-        |n, cols, y_n, _| {
-            im2col(&xs[n * image..][..image], &s, cols);
-            matmul((o, p, k), (y_n, p, 1), (ws, k, 1), (cols, p, 1), false);
+        |first, count, Scratch { cols, side }, y_chunk, _| {
+            let columns = count * p;
+            for b in 0..count {
+                let x_n = &xs[(first + b) * image..][..image];
+                im2col(x_n, &s, &mut cols[b * p..], columns);
+            }
+            let dst = if count == 1 {
+                &mut *y_chunk
+            } else {
+                &mut side[..]
+            };
+            matmul(
+                (o, columns, k),
+                (dst, columns, 1),
+                (ws, k, 1),
+                (cols, columns, 1),
+                false,
+            );
+            if count > 1 {
+                from_product_order(side, y_chunk, count, &s);
+            }
         },
     );
     FlexTensor::from_data(TensorData::new(y, [xd[0], o, s.ho, s.wo]))
 }
 
-/// `(dx, dweight)` of the convolution of `x` with `weight` for `dy`, image by image:
+/// `(dx, dweight)` of the convolution of `x` with `weight` for `dy`, a few images per product:
 /// `dW += dy_n @ cols_n^T`, `dcols_n = W^T @ dy_n`, `dx_n = col2im(dcols_n)`.
 fn backward(
     x: &FlexTensor,
@@ -440,20 +521,49 @@ fn backward(
     }
     let image = s.c * s.h * s.w;
     let mut dx = vec![0.0f32; xd[0] * image];
-    let partial = for_each_image(
+    let partial = for_each_chunk(
         &mut dx,
         image,
-        k * p,
+        &s,
         || (vec![0.0f32; o * k], false),
-        |n, cols, dx_n, (dw, started)| {
-            let dy_n = &dys[n * o * p..][..o * p];
-            im2col(&xs[n * image..][..image], &s, cols);
-            // dW (O, K) += dy_n (O, P) @ cols^T (P, K)
-            matmul((o, k, p), (dw, k, 1), (dy_n, p, 1), (cols, 1, p), *started);
+        |first, count, Scratch { cols, side }, dx_chunk, (dw, started)| {
+            let columns = count * p;
+            let dy_chunk = &dys[first * o * p..][..count * o * p];
+            let dyc: &[f32] = if count == 1 {
+                dy_chunk
+            } else {
+                to_product_order(dy_chunk, side, count, &s);
+                side
+            };
+            for b in 0..count {
+                let x_n = &xs[(first + b) * image..][..image];
+                im2col(x_n, &s, &mut cols[b * p..], columns);
+            }
+            // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K)
+            matmul(
+                (o, k, columns),
+                (dw, k, 1),
+                (dyc, columns, 1),
+                (cols, 1, columns),
+                *started,
+            );
             *started = true;
-            // dcols (K, P) = W^T (K, O) @ dy_n (O, P), into the patch buffer
-            matmul((k, p, o), (cols, p, 1), (ws, 1, k), (dy_n, p, 1), false);
-            col2im(cols, &s, dx_n);
+            // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer
+            matmul(
+                (k, columns, o),
+                (cols, columns, 1),
+                (ws, 1, k),
+                (dyc, columns, 1),
+                false,
+            );
+            for b in 0..count {
+                col2im(
+                    &cols[b * p..],
+                    &s,
+                    &mut dx_chunk[b * image..][..image],
+                    columns,
+                );
+            }
         },
     );
     let mut parts = partial.into_iter().map(|(dw, _)| dw);
