@@ -39,6 +39,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Stride and symmetric zero padding of a [`conv2d`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,53 +118,75 @@ impl Shape {
     fn p(&self) -> usize {
         self.ho * self.wo
     }
-
-    /// For kernel row `i`: the output rows whose input row is inside the image, and the input
-    /// row of output row `ho` is `ho * sh + i - ph`.
-    fn valid(&self, i: usize, size: usize, out: usize, axis: usize) -> (usize, usize) {
-        let (s, p) = (self.g.stride[axis], self.g.padding[axis]);
-        // first output index with index * s + i >= p
-        let lo = if i >= p { 0 } else { (p - i).div_ceil(s) };
-        // last output index with index * s + i - p < size
-        let hi = if size + p > i {
-            ((size + p - i - 1) / s + 1).min(out)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
+    /// `(rows, columns)` of one zero-padded input plane.
+    fn padded(&self) -> (usize, usize) {
+        (
+            self.h + 2 * self.g.padding[0],
+            self.w + 2 * self.g.padding[1],
+        )
     }
+}
+
+/// `dst = src` for the short runs of an image row: fixed-size block copies, which compile to
+/// vector moves, where `copy_from_slice` of a run-time length calls `memcpy` (a call per row of
+/// 2 to 16 values was a quarter of the patch time).
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let src = &src[..dst.len()];
+    let mut blocks = dst.chunks_exact_mut(16);
+    let mut from = src.chunks_exact(16);
+    for (d, s) in (&mut blocks).zip(&mut from) {
+        <&mut [f32; 16]>::try_from(d)
+            .unwrap()
+            .copy_from_slice(<&[f32; 16]>::try_from(s).unwrap());
+    }
+    let (d, s) = (blocks.into_remainder(), from.remainder());
+    let mut at = 0;
+    for width in [8, 4, 2, 1] {
+        if d.len() - at >= width {
+            d[at..at + width].copy_from_slice(&s[at..at + width]);
+            at += width;
+        }
+    }
+}
+
+/// Plane `c` of one image as the patches read it: the plane itself without padding, else a
+/// copy with zeros around it in `padded` (whose border the caller zeroed; only the interior is
+/// written here).
+fn padded_plane<'a>(x: &'a [f32], c: usize, s: &Shape, padded: &'a mut [f32]) -> &'a [f32] {
+    let plane = &x[c * s.h * s.w..][..s.h * s.w];
+    let [ph, pw] = s.g.padding;
+    if ph + pw == 0 {
+        return plane;
+    }
+    let wp = s.padded().1;
+    for (r, row) in plane.chunks_exact(s.w).enumerate() {
+        copy_run(&mut padded[(r + ph) * wp + pw..][..s.w], row);
+    }
+    padded
 }
 
 /// The patches of one image: `cols (K, P)` from `x (C, H, W)`, zeros outside the image (row
 /// `k = (c, i, j)` holds the input each output position multiplies with weight column `k`);
 /// row `k` starts at `cols[k * ld]`, so the patches of several images can sit side by side.
-fn im2col(x: &[f32], s: &Shape, cols: &mut [f32], ld: usize) {
+/// `padded` holds one zero-padded plane.
+fn im2col(x: &[f32], s: &Shape, cols: &mut [f32], ld: usize, padded: &mut [f32]) {
     let p = s.p();
-    let (sh, sw) = (s.g.stride[0], s.g.stride[1]);
-    let (ph, pw) = (s.g.padding[0], s.g.padding[1]);
+    let [sh, sw] = s.g.stride;
+    let wp = s.padded().1;
+    padded.fill(0.0);
     for c in 0..s.c {
-        let plane = &x[c * s.h * s.w..][..s.h * s.w];
+        let plane = padded_plane(x, c, s, padded);
         for i in 0..s.kh {
-            let (r0, r1) = s.valid(i, s.h, s.ho, 0);
             for j in 0..s.kw {
                 let row = &mut cols[((c * s.kh + i) * s.kw + j) * ld..][..p];
-                let (q0, q1) = s.valid(j, s.w, s.wo, 1);
-                row[..r0 * s.wo].fill(0.0);
-                row[r1 * s.wo..].fill(0.0);
-                for ho in r0..r1 {
-                    let out = &mut row[ho * s.wo..][..s.wo];
-                    out[..q0].fill(0.0);
-                    out[q1..].fill(0.0);
-                    if q1 <= q0 {
-                        continue;
-                    }
-                    let src = &plane[(ho * sh + i - ph) * s.w..][..s.w];
+                for (ho, out) in row.chunks_exact_mut(s.wo).enumerate() {
+                    let src = &plane[(ho * sh + i) * wp + j..];
                     if sw == 1 {
-                        let start = q0 + j - pw;
-                        out[q0..q1].copy_from_slice(&src[start..start + (q1 - q0)]);
+                        copy_run(out, src);
                     } else {
-                        for (wo, v) in out[q0..q1].iter_mut().enumerate() {
-                            *v = src[(q0 + wo) * sw + j - pw];
+                        for (wo, v) in out.iter_mut().enumerate() {
+                            *v = src[wo * sw];
                         }
                     }
                 }
@@ -171,38 +195,53 @@ fn im2col(x: &[f32], s: &Shape, cols: &mut [f32], ld: usize) {
     }
 }
 
-/// Adds the patches' gradients `dcols (K, P)` of one image (row `k` at `dcols[k * ld]`) into
-/// `dx (C, H, W)`, which the caller allocated zeroed.
-fn col2im(dcols: &[f32], s: &Shape, dx: &mut [f32], ld: usize) {
+/// The image's input gradient from its patches' gradients `dcols (K, P)` (row `k` at
+/// `dcols[k * ld]`): each plane of `dx (C, H, W)` is summed in `padded` and its interior written
+/// once, so `dx` needs no zeroing first.
+fn col2im(dcols: &[f32], s: &Shape, dx: &mut [MaybeUninit<f32>], ld: usize, padded: &mut [f32]) {
     let p = s.p();
-    let (sh, sw) = (s.g.stride[0], s.g.stride[1]);
-    let (ph, pw) = (s.g.padding[0], s.g.padding[1]);
+    let [sh, sw] = s.g.stride;
+    let [ph, pw] = s.g.padding;
+    let wp = s.padded().1;
     for c in 0..s.c {
-        let plane = &mut dx[c * s.h * s.w..][..s.h * s.w];
+        padded.fill(0.0);
         for i in 0..s.kh {
-            let (r0, r1) = s.valid(i, s.h, s.ho, 0);
             for j in 0..s.kw {
                 let row = &dcols[((c * s.kh + i) * s.kw + j) * ld..][..p];
-                let (q0, q1) = s.valid(j, s.w, s.wo, 1);
-                for ho in r0..r1 {
-                    let src = &row[ho * s.wo..][..s.wo];
-                    let dst = &mut plane[(ho * sh + i - ph) * s.w..][..s.w];
-                    for wo in q0..q1 {
-                        dst[wo * sw + j - pw] += src[wo];
+                for (ho, src) in row.chunks_exact(s.wo).enumerate() {
+                    let dst = &mut padded[(ho * sh + i) * wp + j..];
+                    if sw == 1 {
+                        dst[..s.wo].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (wo, v) in src.iter().enumerate() {
+                            dst[wo * sw] += v;
+                        }
                     }
                 }
             }
         }
+        let plane = &mut dx[c * s.h * s.w..][..s.h * s.w];
+        for (r, out) in plane.chunks_exact_mut(s.w).enumerate() {
+            let src = &padded[(r + ph) * wp + pw..][..s.w];
+            out.iter_mut().zip(src).for_each(|(d, &v)| {
+                d.write(v);
+            });
+        }
     }
 }
 
-/// `dst (m, n) = lhs (m, k) @ rhs (k, n)` (`+=` with `accumulate`); each matrix is a slice
-/// with its (row stride, column stride). Single-threaded: the callers run images in parallel.
+/// A matrix operand of [`matmul`]: values with their (row stride, column stride).
+type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `dst (m, n) = lhs (m, k) @ rhs (k, n)` (`+=` with `accumulate`); `dst` is a unique borrow
+/// of `dst_len` values, given as a pointer so that it may be uninitialized without
+/// `accumulate` (gemm then only writes it), with its (row stride, column stride).
+/// Single-threaded: the callers run images in parallel.
 fn matmul(
     (m, n, k): (usize, usize, usize),
-    dst: (&mut [f32], usize, usize),
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
+    dst: (*mut f32, usize, usize, usize),
+    lhs: Operand,
+    rhs: Operand,
     accumulate: bool,
 ) {
     let extent = |rows: usize, cols: usize, rs: usize, cs: usize| {
@@ -212,10 +251,7 @@ fn matmul(
             (rows - 1) * rs + (cols - 1) * cs + 1
         }
     };
-    assert!(
-        dst.0.len() >= extent(m, n, dst.1, dst.2),
-        "matmul: dst too small"
-    );
+    assert!(dst.1 >= extent(m, n, dst.2, dst.3), "matmul: dst too small");
     assert!(
         lhs.0.len() >= extent(m, k, lhs.1, lhs.2),
         "matmul: lhs too small"
@@ -224,16 +260,18 @@ fn matmul(
         rhs.0.len() >= extent(k, n, rhs.1, rhs.2),
         "matmul: rhs too small"
     );
-    // SAFETY: the asserts above keep every addressed element inside its slice, and `dst` is a
-    // unique borrow, so it aliases neither operand.
+    // SAFETY: the asserts above keep every addressed element inside its buffer; `dst` comes
+    // from a unique borrow of `dst.1` values (see `init_dst` / `uninit_dst`), so it aliases
+    // neither operand, and gemm reads it only with `accumulate`, which the callers pass only
+    // for initialized values.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.0.as_mut_ptr(),
+            dst.0,
+            dst.3 as isize,
             dst.2 as isize,
-            dst.1 as isize,
             accumulate,
             lhs.0.as_ptr(),
             lhs.2 as isize,
@@ -249,6 +287,30 @@ fn matmul(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// `(pointer, length)` of initialized values, as [`matmul`]'s destination.
+fn init_dst(d: &mut [f32]) -> (*mut f32, usize) {
+    (d.as_mut_ptr(), d.len())
+}
+
+/// `(pointer, length)` of values not written yet, as [`matmul`]'s destination (without
+/// `accumulate`).
+fn uninit_dst(d: &mut [MaybeUninit<f32>]) -> (*mut f32, usize) {
+    (d.as_mut_ptr().cast(), d.len())
+}
+
+/// `len` values written by `fill` into uninitialized memory, then taken as initialized: the
+/// outputs here are written completely (every product without `accumulate` writes its whole
+/// destination, every reorder and `col2im` their whole blocks), so a zero fill first would be
+/// a wasted pass over them.
+fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` values (see the callers: each writes every element of
+    // the blocks it is handed, and the blocks tile the buffer).
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// Fewest columns one product gets: images whose outputs have fewer positions than this are
@@ -274,40 +336,63 @@ impl Chunking {
     }
 }
 
-/// One task's buffers, reused for its chunks: the patches `cols (K, B * P)` and `side`, a
-/// `(O, B * P)` block for outputs (or output gradients) of the chunk in product order.
+/// One thread's buffers: the patches `cols (K, B * P)`, `side`, a `(O, B * P)` block for a
+/// chunk's outputs (or output gradients) in product order, and one zero-padded plane.
+#[derive(Default)]
 struct Scratch {
     cols: Vec<f32>,
     side: Vec<f32>,
+    padded: Vec<f32>,
+}
+
+impl Scratch {
+    /// Grows the buffers to the sizes of `s` with chunks of `batch` images.
+    fn fit(&mut self, s: &Shape, batch: usize) {
+        let columns = batch * s.p();
+        let (hp, wp) = s.padded();
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        grow(&mut self.cols, s.k() * columns);
+        grow(&mut self.side, if batch > 1 { s.o * columns } else { 0 });
+        grow(&mut self.padded, hp * wp);
+    }
+}
+
+thread_local! {
+    /// Each thread keeps its buffers between calls (they only grow, to the largest
+    /// convolution's patches: a few MiB per thread): allocating and zero-filling them per call
+    /// was a pass over every patch matrix.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Runs `per_chunk(first, count, scratch, out, acc)` for the images of the batch in parallel,
 /// `count` images at a time (see [`Chunking`]); `out` is the chunk's block of `outputs` (`block`
 /// values per image). Returns each task's accumulator.
-fn for_each_chunk<A: Send>(
-    outputs: &mut [f32],
+fn for_each_chunk<T: Send, A: Send>(
+    outputs: &mut [T],
     block: usize,
     s: &Shape,
     init: impl Fn() -> A + Sync,
-    per_chunk: impl Fn(usize, usize, &mut Scratch, &mut [f32], &mut A) + Sync,
+    per_chunk: impl Fn(usize, usize, &mut Scratch, &mut [T], &mut A) + Sync,
 ) -> Vec<A> {
     let images = outputs.len() / block.max(1);
     let plan = Chunking::new(images, s.p());
-    let columns = plan.batch * s.p();
     outputs
         .par_chunks_mut(block * plan.per_task)
         .enumerate()
         .map(|(task, chunk)| {
-            let mut scratch = Scratch {
-                cols: vec![0.0f32; s.k() * columns],
-                side: vec![0.0f32; if plan.batch > 1 { s.o * columns } else { 0 }],
-            };
-            let mut acc = init();
-            for (i, out) in chunk.chunks_mut(block * plan.batch).enumerate() {
-                let first = task * plan.per_task + i * plan.batch;
-                per_chunk(first, out.len() / block, &mut scratch, out, &mut acc);
-            }
-            acc
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.fit(s, plan.batch);
+                let mut acc = init();
+                for (i, out) in chunk.chunks_mut(block * plan.batch).enumerate() {
+                    let first = task * plan.per_task + i * plan.batch;
+                    per_chunk(first, out.len() / block, scratch, out, &mut acc);
+                }
+                acc
+            })
         })
         .collect()
 }
@@ -318,17 +403,26 @@ fn to_product_order(nchw: &[f32], side: &mut [f32], count: usize, s: &Shape) {
     let (o, p) = (s.o, s.p());
     for b in 0..count {
         for oi in 0..o {
-            side[oi * count * p + b * p..][..p].copy_from_slice(&nchw[(b * o + oi) * p..][..p]);
+            copy_run(
+                &mut side[oi * count * p + b * p..][..p],
+                &nchw[(b * o + oi) * p..],
+            );
         }
     }
 }
 
-/// The inverse of [`to_product_order`].
-fn from_product_order(side: &[f32], nchw: &mut [f32], count: usize, s: &Shape) {
+/// The inverse of [`to_product_order`], into values not written yet.
+fn from_product_order(side: &[f32], nchw: &mut [MaybeUninit<f32>], count: usize, s: &Shape) {
     let (o, p) = (s.o, s.p());
     for b in 0..count {
         for oi in 0..o {
-            nchw[(b * o + oi) * p..][..p].copy_from_slice(&side[oi * count * p + b * p..][..p]);
+            let src = &side[oi * count * p + b * p..][..p];
+            nchw[(b * o + oi) * p..][..p]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &v)| {
+                    d.write(v);
+                });
         }
     }
 }
@@ -463,35 +557,39 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     let xs = x.as_slice::<f32>().expect("f32");
     let ws = weight.as_slice::<f32>().expect("f32");
     let image = s.c * s.h * s.w;
-    let mut y = vec![0.0f32; xd[0] * o * p];
-    for_each_chunk(
-        &mut y,
-        o * p,
-        &s,
-        || (),
-        |first, count, Scratch { cols, side }, y_chunk, _| {
-            let columns = count * p;
-            for b in 0..count {
-                let x_n = &xs[(first + b) * image..][..image];
-                im2col(x_n, &s, &mut cols[b * p..], columns);
-            }
-            let dst = if count == 1 {
-                &mut *y_chunk
-            } else {
-                &mut side[..]
-            };
-            matmul(
-                (o, columns, k),
-                (dst, columns, 1),
-                (ws, k, 1),
-                (cols, columns, 1),
-                false,
-            );
-            if count > 1 {
-                from_product_order(side, y_chunk, count, &s);
-            }
-        },
-    );
+    let (hp, wp) = s.padded();
+    let y = written(xd[0] * o * p, |y| {
+        for_each_chunk(
+            y,
+            o * p,
+            &s,
+            || (),
+            |first, count, scratch, y_chunk, _| {
+                let columns = count * p;
+                let Scratch { cols, side, padded } = scratch;
+                for b in 0..count {
+                    let x_n = &xs[(first + b) * image..][..image];
+                    im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
+                }
+                let dst = if count == 1 {
+                    uninit_dst(y_chunk)
+                } else {
+                    init_dst(side)
+                };
+                let (dst, len) = dst;
+                matmul(
+                    (o, columns, k),
+                    (dst, len, columns, 1),
+                    (ws, k, 1),
+                    (cols, columns, 1),
+                    false,
+                );
+                if count > 1 {
+                    from_product_order(side, y_chunk, count, &s);
+                }
+            },
+        );
+    });
     FlexTensor::from_data(TensorData::new(y, [xd[0], o, s.ho, s.wo]))
 }
 
@@ -520,53 +618,65 @@ fn backward(
         );
     }
     let image = s.c * s.h * s.w;
-    let mut dx = vec![0.0f32; xd[0] * image];
-    let partial = for_each_chunk(
-        &mut dx,
-        image,
-        &s,
-        || (vec![0.0f32; o * k], false),
-        |first, count, Scratch { cols, side }, dx_chunk, (dw, started)| {
-            let columns = count * p;
-            let dy_chunk = &dys[first * o * p..][..count * o * p];
-            let dyc: &[f32] = if count == 1 {
-                dy_chunk
-            } else {
-                to_product_order(dy_chunk, side, count, &s);
-                side
-            };
-            for b in 0..count {
-                let x_n = &xs[(first + b) * image..][..image];
-                im2col(x_n, &s, &mut cols[b * p..], columns);
-            }
-            // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K)
-            matmul(
-                (o, k, columns),
-                (dw, k, 1),
-                (dyc, columns, 1),
-                (cols, 1, columns),
-                *started,
-            );
-            *started = true;
-            // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer
-            matmul(
-                (k, columns, o),
-                (cols, columns, 1),
-                (ws, 1, k),
-                (dyc, columns, 1),
-                false,
-            );
-            for b in 0..count {
-                col2im(
-                    &cols[b * p..],
-                    &s,
-                    &mut dx_chunk[b * image..][..image],
-                    columns,
+    let (hp, wp) = s.padded();
+    let mut partial = Vec::new();
+    let dx = written(xd[0] * image, |dx| {
+        partial = for_each_chunk(
+            dx,
+            image,
+            &s,
+            || Vec::<f32>::with_capacity(o * k),
+            |first, count, scratch, dx_chunk, dw| {
+                let columns = count * p;
+                let Scratch { cols, side, padded } = scratch;
+                let dy_chunk = &dys[first * o * p..][..count * o * p];
+                let dyc: &[f32] = if count == 1 {
+                    dy_chunk
+                } else {
+                    to_product_order(dy_chunk, side, count, &s);
+                    side
+                };
+                for b in 0..count {
+                    let x_n = &xs[(first + b) * image..][..image];
+                    im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
+                }
+                // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K); the task's first product writes
+                // its partial sum, the later ones add to it.
+                let started = !dw.is_empty();
+                let (dst, len) = if started {
+                    init_dst(dw)
+                } else {
+                    uninit_dst(&mut dw.spare_capacity_mut()[..o * k])
+                };
+                let dims = (o, k, columns);
+                matmul(
+                    dims,
+                    (dst, len, k, 1),
+                    (dyc, columns, 1),
+                    (cols, 1, columns),
+                    started,
                 );
-            }
-        },
-    );
-    let mut parts = partial.into_iter().map(|(dw, _)| dw);
+                if !started {
+                    // SAFETY: the product above wrote all `o * k` values.
+                    unsafe { dw.set_len(o * k) };
+                }
+                // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer
+                let (dst, len) = init_dst(cols);
+                matmul(
+                    (k, columns, o),
+                    (dst, len, columns, 1),
+                    (ws, 1, k),
+                    (dyc, columns, 1),
+                    false,
+                );
+                for b in 0..count {
+                    let dx_n = &mut dx_chunk[b * image..][..image];
+                    col2im(&cols[b * p..], &s, dx_n, columns, &mut padded[..hp * wp]);
+                }
+            },
+        );
+    });
+    let mut parts = partial.into_iter().filter(|part| !part.is_empty());
     let mut dw = parts.next().unwrap_or_else(|| vec![0.0; o * k]);
     for part in parts {
         dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
