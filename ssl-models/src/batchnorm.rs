@@ -15,7 +15,7 @@ use burn::module::{
 use burn::prelude::*;
 use burn::tensor::module::batch_norm;
 
-use crate::kernels::batchnorm::batch_norm_train;
+use crate::kernels::batchnorm::{batch_norm_relu_train, batch_norm_train};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the tensor inside
@@ -330,8 +330,22 @@ impl BatchNorm2d {
     /// # Panics
     /// When the input does not have `C` channels.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(x, false)
+    }
+
+    /// `relu(self.forward(x))`, the BatchNorm + ReLU of a ResNet, with the ReLU fused into the
+    /// normalization in train mode on the Flex device
+    /// ([`crate::kernels::batchnorm::batch_norm_relu_train`]).
+    ///
+    /// # Panics
+    /// When the input does not have `C` channels.
+    pub fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_with(x, true)
+    }
+
+    fn forward_with(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
         if !self.is_training_on(&x.device()) {
-            return batch_norm(
+            let y = batch_norm(
                 x,
                 self.weight.val(),
                 self.bias.val(),
@@ -339,11 +353,20 @@ impl BatchNorm2d {
                 self.running_var.value(),
                 self.eps,
             );
+            return if relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            };
         }
         let [b, _, h, w] = x.dims();
         let n = (b * h * w) as f64;
-        let (output, mean, variance) =
-            batch_norm_train(x, self.weight.val(), self.bias.val(), self.eps);
+        let train = if relu {
+            batch_norm_relu_train
+        } else {
+            batch_norm_train
+        };
+        let (output, mean, variance) = train(x, self.weight.val(), self.bias.val(), self.eps);
         let m = self.momentum;
         // PyTorch: running_var uses the unbiased estimate var * n / (n - 1).
         let unbiased = n / (n - 1.0).max(1.0);

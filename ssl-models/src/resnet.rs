@@ -260,7 +260,7 @@ impl BasicBlock {
             Some((c, b)) => b.forward(conv_forward(c, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        let out = self.bn1.forward_relu(conv_forward(&self.conv1, x));
         let out = self.bn2.forward(conv_forward(&self.conv2, out));
         relu(out.add(identity))
     }
@@ -322,8 +322,8 @@ impl Bottleneck {
             Some((c, b)) => b.forward(conv_forward(c, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
-        let out = relu(self.bn2.forward(conv_forward(&self.conv2, out)));
+        let out = self.bn1.forward_relu(conv_forward(&self.conv1, x));
+        let out = self.bn2.forward_relu(conv_forward(&self.conv2, out));
         let out = self.bn3.forward(conv_forward(&self.conv3, out));
         relu(out.add(identity))
     }
@@ -605,7 +605,7 @@ impl ResNet {
     }
 
     fn stem(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = self.bn1.forward_relu(conv_forward(&self.conv1, x));
         self.maxpool.forward(x)
     }
 

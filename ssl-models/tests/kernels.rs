@@ -4,7 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use proptest::prelude::*;
-use ssl_models::kernels::batchnorm::batch_norm_train;
+use ssl_models::kernels::batchnorm::{batch_norm_relu_train, batch_norm_train};
 use ssl_models::kernels::conv::{ConvGeometry, conv2d};
 
 fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -17,7 +17,7 @@ proptest! {
 
     #[test]
     fn fused_batch_norm_matches_burn_in_values_statistics_and_gradients(
-        n in 1usize..5, c in 1usize..9, h in 1usize..7, w in 1usize..7,
+        n in 1usize..5, c in 1usize..9, h in 1usize..12, w in 1usize..12,
         offset in -4.0f64..4.0, scale in 0.1f64..3.0, seed in any::<u64>(),
     ) {
         prop_assume!(n * h * w > 1);
@@ -45,6 +45,48 @@ proptest! {
         let db = max_rel_diff(b1.grad(&grads1).unwrap(), b2.grad(&grads2).unwrap());
         prop_assert!(dx < 1e-4, "dx {dx}");
         prop_assert!(dg < 1e-4, "dgamma {dg}");
+        prop_assert!(db < 1e-5, "dbeta {db}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn fused_batch_norm_relu_is_the_batch_norm_followed_by_relu_in_values_and_gradients(
+        n in 1usize..5, c in 1usize..9, h in 1usize..12, w in 1usize..12,
+        offset in -2.0f64..2.0, seed in any::<u64>(),
+    ) {
+        // Against the unfused composition of the same BatchNorm kernel (itself checked against
+        // burn above) with burn's relu: the same pre-activations, so the same ReLU mask.
+        prop_assume!(n * h * w > 1);
+        let device = Device::flex().autodiff();
+        device.seed(seed);
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(offset, 1.0), &device);
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &device);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &device);
+        let r = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let (x, g, b) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+            let (y, m, v) = if fused {
+                batch_norm_relu_train(x.clone(), g.clone(), b.clone(), 1e-5)
+            } else {
+                let (y, m, v) = batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5);
+                (burn::tensor::activation::relu(y), m, v)
+            };
+            let grads = y.clone().mul(r.clone()).sum().backward();
+            let (dx, dg, db) = (x.grad(&grads).unwrap(), g.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+            (y.inner(), m.inner(), v.inner(), dx, dg, db)
+        };
+        let (a, b) = (run(true), run(false));
+        prop_assert_eq!(a.0.into_data(), b.0.into_data());
+        prop_assert_eq!(a.1.into_data(), b.1.into_data());
+        prop_assert_eq!(a.2.into_data(), b.2.into_data());
+        let dx = max_rel_diff(a.3, b.3);
+        let dg = max_rel_diff(a.4, b.4);
+        let db = max_rel_diff(a.5, b.5);
+        prop_assert!(dx < 1e-5, "dx {dx}");
+        prop_assert!(dg < 1e-5, "dgamma {dg}");
         prop_assert!(db < 1e-5, "dbeta {db}");
     }
 }
@@ -181,6 +223,45 @@ fn gemm_conv2d_with_several_images_per_product_and_a_short_last_chunk_matches_bu
                 y < 1e-5 && dx < 1e-5 && dw < 1e-5,
                 "{threads} threads, {h}x{h} k{k} s{stride}: {y} {dx} {dw}"
             );
+        }
+    }
+}
+
+#[test]
+fn gemm_conv2d_of_an_input_without_gradient_gives_burns_weight_gradient_only() {
+    // The stem: images need no gradient, the weight does (and the reverse, a frozen weight).
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let x = Tensor::<4>::random([5, 3, 13, 13], Distribution::Normal(0.0, 1.0), &device);
+    let weight = Tensor::<4>::random([4, 3, 7, 7], Distribution::Normal(0.0, 0.5), &device);
+    let g = ConvGeometry {
+        stride: [2, 2],
+        padding: [3, 3],
+    };
+    let options = burn::tensor::ops::ConvOptions::new([2, 2], [3, 3], [1, 1], 1);
+    for x_grad in [false, true] {
+        let (x1, x2) = if x_grad {
+            (x.clone().require_grad(), x.clone().require_grad())
+        } else {
+            (x.clone(), x.clone())
+        };
+        let (w1, w2) = if x_grad {
+            (weight.clone(), weight.clone())
+        } else {
+            (weight.clone().require_grad(), weight.clone().require_grad())
+        };
+        let grads1 = conv2d(x1.clone(), w1.clone(), g).sum().backward();
+        let grads2 = burn::tensor::module::conv2d(x2.clone(), w2.clone(), None, options.clone())
+            .sum()
+            .backward();
+        if x_grad {
+            assert!(w1.grad(&grads1).is_none());
+            let d = max_rel_diff(x1.grad(&grads1).unwrap(), x2.grad(&grads2).unwrap());
+            assert!(d < 1e-5, "dx {d}");
+        } else {
+            assert!(x1.grad(&grads1).is_none());
+            let d = max_rel_diff(w1.grad(&grads1).unwrap(), w2.grad(&grads2).unwrap());
+            assert!(d < 1e-5, "dweight {d}");
         }
     }
 }

@@ -593,14 +593,17 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(y, [xd[0], o, s.ho, s.wo]))
 }
 
-/// `(dx, dweight)` of the convolution of `x` with `weight` for `dy`, a few images per product:
-/// `dW += dy_n @ cols_n^T`, `dcols_n = W^T @ dy_n`, `dx_n = col2im(dcols_n)`.
+/// The gradients the graph asks for (`need = (dx, dweight)`) of the convolution of `x` with
+/// `weight` for `dy`, a few images per product: `dW += dy_n @ cols_n^T`, `dcols_n = W^T @ dy_n`,
+/// `dx_n = col2im(dcols_n)`. The stem's input (the images) needs no gradient: its `dx` would be
+/// two thirds of the stem's backward.
 fn backward(
     x: &FlexTensor,
     weight: &FlexTensor,
     dy: &FlexTensor,
     g: ConvGeometry,
-) -> (FlexTensor, FlexTensor) {
+    (need_dx, need_dw): (bool, bool),
+) -> (Option<FlexTensor>, Option<FlexTensor>) {
     let (x, weight, dy) = (contiguous(x), contiguous(weight), contiguous(dy));
     let (xd, wd) = (dims4(&x), dims4(&weight));
     let s = Shape::new(xd, wd, g);
@@ -613,35 +616,37 @@ fn backward(
         && let Some((dx, dw)) = onednn::backward(xs, xd, ws, wd, dys, &s)
     {
         return (
-            FlexTensor::from_data(TensorData::new(dx, xd)),
-            FlexTensor::from_data(TensorData::new(dw, wd)),
+            need_dx.then(|| FlexTensor::from_data(TensorData::new(dx, xd))),
+            need_dw.then(|| FlexTensor::from_data(TensorData::new(dw, wd))),
         );
     }
     let image = s.c * s.h * s.w;
     let (hp, wp) = s.padded();
-    let mut partial = Vec::new();
-    let dx = written(xd[0] * image, |dx| {
-        partial = for_each_chunk(
-            dx,
-            image,
-            &s,
-            || Vec::<f32>::with_capacity(o * k),
-            |first, count, scratch, dx_chunk, dw| {
-                let columns = count * p;
-                let Scratch { cols, side, padded } = scratch;
-                let dy_chunk = &dys[first * o * p..][..count * o * p];
-                let dyc: &[f32] = if count == 1 {
-                    dy_chunk
-                } else {
-                    to_product_order(dy_chunk, side, count, &s);
-                    side
-                };
+    // Without `need_dx` the buffer only cuts the batch into chunks: it is never written, and
+    // its pages are never touched.
+    let mut dx = Vec::with_capacity(xd[0] * image);
+    let partial = for_each_chunk(
+        &mut dx.spare_capacity_mut()[..xd[0] * image],
+        image,
+        &s,
+        || Vec::<f32>::with_capacity(o * k),
+        |first, count, scratch, dx_chunk, dw| {
+            let columns = count * p;
+            let Scratch { cols, side, padded } = scratch;
+            let dy_chunk = &dys[first * o * p..][..count * o * p];
+            let dyc: &[f32] = if count == 1 {
+                dy_chunk
+            } else {
+                to_product_order(dy_chunk, side, count, &s);
+                side
+            };
+            // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K); the task's first product writes
+            // its partial sum, the later ones add to it.
+            if need_dw {
                 for b in 0..count {
                     let x_n = &xs[(first + b) * image..][..image];
                     im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
                 }
-                // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K); the task's first product writes
-                // its partial sum, the later ones add to it.
                 let started = !dw.is_empty();
                 let (dst, len) = if started {
                     init_dst(dw)
@@ -660,30 +665,39 @@ fn backward(
                     // SAFETY: the product above wrote all `o * k` values.
                     unsafe { dw.set_len(o * k) };
                 }
-                // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer
-                let (dst, len) = init_dst(cols);
-                matmul(
-                    (k, columns, o),
-                    (dst, len, columns, 1),
-                    (ws, 1, k),
-                    (dyc, columns, 1),
-                    false,
-                );
-                for b in 0..count {
-                    let dx_n = &mut dx_chunk[b * image..][..image];
-                    col2im(&cols[b * p..], &s, dx_n, columns, &mut padded[..hp * wp]);
-                }
-            },
-        );
-    });
+            }
+            if !need_dx {
+                return;
+            }
+            // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer
+            let (dst, len) = init_dst(cols);
+            matmul(
+                (k, columns, o),
+                (dst, len, columns, 1),
+                (ws, 1, k),
+                (dyc, columns, 1),
+                false,
+            );
+            for b in 0..count {
+                let dx_n = &mut dx_chunk[b * image..][..image];
+                col2im(&cols[b * p..], &s, dx_n, columns, &mut padded[..hp * wp]);
+            }
+        },
+    );
     let mut parts = partial.into_iter().filter(|part| !part.is_empty());
     let mut dw = parts.next().unwrap_or_else(|| vec![0.0; o * k]);
     for part in parts {
         dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
     }
+    let dx = need_dx.then(|| {
+        // SAFETY: with `need_dx` every chunk's `col2im` wrote all values of its images, and the
+        // chunks tile the buffer.
+        unsafe { dx.set_len(xd[0] * image) };
+        FlexTensor::from_data(TensorData::new(dx, xd))
+    });
     (
-        FlexTensor::from_data(TensorData::new(dx, xd)),
-        FlexTensor::from_data(TensorData::new(dw, wd)),
+        dx,
+        need_dw.then(|| FlexTensor::from_data(TensorData::new(dw, wd))),
     )
 }
 
@@ -709,11 +723,12 @@ impl Backward<Flex, 2> for GemmConv2dBackward {
         let [node_x, node_w] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, weight, g) = ops.state;
-        let (dx, dw) = backward(&x, &weight, &dy, g);
-        if let Some(node) = node_x {
+        let need = (node_x.is_some(), node_w.is_some());
+        let (dx, dw) = backward(&x, &weight, &dy, g, need);
+        if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, dx);
         }
-        if let Some(node) = node_w {
+        if let (Some(node), Some(dw)) = (node_w, dw) {
             grads.register::<Flex>(node.id, dw);
         }
     }

@@ -3,7 +3,9 @@
 //! (`tests/kernels.rs`). Every kernel falls back to burn's operation on other devices and dtypes.
 //!
 //! * [`batchnorm`]: BatchNorm2d in training mode, forward and backward fused.
-//! * [`conv`]: 2-D convolution with both gradients as matrix products per image.
+//! * [`conv`]: 2-D convolution with both gradients as matrix products over image patches.
+//! * [`simd`]: the run-time choice of AVX-512 for the kernels' own loops.
 
 pub mod batchnorm;
 pub mod conv;
+pub mod simd;
