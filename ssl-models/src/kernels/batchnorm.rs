@@ -34,8 +34,6 @@ use burn::tensor::DType;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::simd::vectorized;
-
 /// Output of the training-mode BatchNorm: the normalized tensor and the batch statistics
 /// (mean and biased variance per channel).
 #[derive(ExtensionType)]
@@ -134,11 +132,9 @@ fn statistics(x: &[f32], n: usize, c: usize, plane: usize) -> Vec<(f64, f64)> {
         .into_par_iter()
         .map(|ch| {
             let x0 = f64::from(x[ch * plane]);
-            let (s, s2) = vectorized(|| {
-                (0..n).fold((0.0f64, 0.0f64), |(s, s2), b| {
-                    let (bs, bs2) = plane_sums(&x[(b * c + ch) * plane..][..plane], x0);
-                    (s + bs, s2 + bs2)
-                })
+            let (s, s2) = (0..n).fold((0.0f64, 0.0f64), |(s, s2), b| {
+                let (bs, bs2) = plane_sums(&x[(b * c + ch) * plane..][..plane], x0);
+                (s + bs, s2 + bs2)
             });
             let m = (n * plane) as f64;
             let mean_shift = s / m;
@@ -198,12 +194,10 @@ fn forward(
     let output = map_planes(x.layout().shape().as_slice(), plane, |block, ys| {
         let (scale, shift) = affine[block % c];
         let xb = &xs[block * plane..][..plane];
-        vectorized(|| {
-            for (y, &v) in ys.iter_mut().zip(xb) {
-                let z = v * scale + shift;
-                y.write(if with_relu { relu(z) } else { z });
-            }
-        });
+        for (y, &v) in ys.iter_mut().zip(xb) {
+            let z = v * scale + shift;
+            y.write(if with_relu { relu(z) } else { z });
+        }
     });
     Forward {
         output,
@@ -265,13 +259,11 @@ fn backward(
         .into_par_iter()
         .map(|ch| {
             let m = f64::from(mean[ch]);
-            vectorized(|| {
-                (0..n).fold((0.0f64, 0.0f64), |(s, sx), b| {
-                    let off = (b * c + ch) * plane;
-                    let (bs, bsx) =
-                        gradient_sums(&xs[off..][..plane], &dys[off..][..plane], m, affine(ch));
-                    (s + bs, sx + bsx)
-                })
+            (0..n).fold((0.0f64, 0.0f64), |(s, sx), b| {
+                let off = (b * c + ch) * plane;
+                let (bs, bsx) =
+                    gradient_sums(&xs[off..][..plane], &dys[off..][..plane], m, affine(ch));
+                (s + bs, sx + bsx)
             })
         })
         .collect();
@@ -286,7 +278,7 @@ fn backward(
         let m = mean[ch];
         let off = block * plane;
         let (xb, db) = (&xs[off..][..plane], &dys[off..][..plane]);
-        vectorized(|| match affine(ch) {
+        match affine(ch) {
             Some((scale, shift)) => {
                 for ((o, &v), &dy) in out.iter_mut().zip(xb).zip(db) {
                     let g = through_relu(dy, v * scale + shift);
@@ -298,7 +290,7 @@ fn backward(
                     o.write(k * (g - mean_dy - (v - m) * proj));
                 }
             }
-        });
+        }
     });
     let dgamma: Vec<f32> = sums
         .iter()

@@ -4,8 +4,6 @@
 //!
 //! * [`batchnorm`]: BatchNorm2d in training mode, forward and backward fused.
 //! * [`conv`]: 2-D convolution with both gradients as matrix products over image patches.
-//! * [`simd`]: the run-time choice of AVX-512 for the kernels' own loops.
 
 pub mod batchnorm;
 pub mod conv;
-pub mod simd;
