@@ -134,35 +134,14 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, d: &Device
         .init(d)
 }
 
-/// Fewest output positions per image for which [`conv_forward`] computes a stride-1 1x1
-/// convolution as a batched matrix product in place (no im2col).
-const POINTWISE_MIN_POSITIONS: usize = 64;
-
-/// Most input channels for which [`conv_forward`] computes a stride-1 1x1 convolution as a
-/// batched matrix product (above it, and at few positions, the convolution kernel is faster:
-/// the weight gradient is then a sum over the batch of large products).
-const POINTWISE_MAX_CHANNELS: usize = 256;
-
-/// `conv.forward(x)`, through the faster of this crate's two matrix-product forms on the Flex
-/// CPU device (f32, no bias, groups or dilation, symmetric padding); `conv.forward` elsewhere.
-///
-/// Stride-1 1x1 convolutions without padding (a bottleneck's `conv1` and `conv3`, layer1's
-/// shortcut) with at least [`POINTWISE_MIN_POSITIONS`] positions per image and at most
-/// [`POINTWISE_MAX_CHANNELS`] input channels are `weight (O, C) @ x (N, C, H*W)`, a batched
-/// product on the NCHW data as it lies: no im2col, no copy. Forward + backward on 2 cores
-/// (convolution -> product, ms): batch 16 at 16x16, 64 -> 256: 6.2 -> 3.1, 256 -> 64: 14.8 ->
-/// 10.7; at 8x8, 128 -> 512: 7.4 -> 4.2 (512 -> 128: 9.7 either way); batch 32 at 28x28,
-/// 64 -> 256: 122 -> 38, 256 -> 64: 105 -> 70; at 7x7, 1024 -> 256: 33 against 50, so left to
-/// the convolution.
-///
-/// Every other convolution (the 3x3 ones, the stem, strided ones and shortcuts) runs through
-/// [`crate::kernels::conv::conv2d`]: im2col + gemm for a few images at a time, forward and
-/// backward. The values are the convolution's up to float rounding (sums in another order,
-/// about 1e-6 relative).
+/// `conv.forward(x)`, through [`crate::kernels::conv::conv2d`] on the Flex CPU device (f32, no
+/// bias, groups or dilation, symmetric padding: every convolution of a ResNet), through
+/// `conv.forward` elsewhere. The kernel computes the convolution and both gradients as matrix
+/// products over image patches, a few images per product where the outputs are small; a 1x1
+/// convolution's patches are the image itself. The values are the convolution's up to float
+/// rounding (sums in another order, about 1e-6 relative).
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     use crate::kernels::conv::{ConvGeometry, conv2d as gemm_conv2d};
-    let [n, c, h, w] = x.dims();
-    let [kh, kw] = conv.kernel_size;
     let [sh, sw] = conv.stride;
     let (top, left, bottom, right) = match conv.padding {
         PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
@@ -176,15 +155,6 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         && left == right;
     if !plain || x.dtype() != DType::F32 || x.device().inner() != Device::flex() {
         return conv.forward(x);
-    }
-    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && top + left == 0;
-    if pointwise && h * w >= POINTWISE_MIN_POSITIONS && c <= POINTWISE_MAX_CHANNELS {
-        let weight = conv.weight.val();
-        let o = weight.dims()[0];
-        return weight
-            .reshape([1, o, c])
-            .matmul(x.reshape([n, c, h * w]))
-            .reshape([n, o, h, w]);
     }
     let geometry = ConvGeometry {
         stride: [sh, sw],
@@ -662,10 +632,9 @@ mod tests {
         use burn::tensor::Distribution;
         let device = Device::flex().autodiff();
         device.seed(11);
-        // (cin, cout, kernel, stride, pad, input size): stride-1 1x1 convolutions at 8x8 and
-        // more (expanding, reducing, one channel) take the batched product; layer4-like 3x3
-        // convolutions, the strided one, a projection shortcut, the 3x3 at 6x6 and the 1x1
-        // with few positions or padding take the convolution kernel.
+        // (cin, cout, kernel, stride, pad, input size): layer4-like 3x3 convolutions, the
+        // strided one, a projection shortcut, stride-1 1x1 convolutions (expanding, reducing,
+        // one channel, few positions, padded), a 3x3 at 6x6.
         for (cin, cout, k, stride, pad, size) in [
             (6, 5, 3, 1, 1, 2),
             (4, 6, 3, 2, 1, 4),

@@ -210,13 +210,21 @@ proptest! {
 #[test]
 fn gemm_conv2d_with_several_images_per_product_and_a_short_last_chunk_matches_burn() {
     // 3 tasks share 11 images (4, 4, 3); at 2x2 and 3x3 outputs each product takes all of a
-    // task's images, so the last product is one image short. 1 thread: one chunk of 11.
+    // task's images, so the last product is one image short. 1 thread: one chunk of 11. The
+    // 1x1 kernels at 4x4 (patches copied side by side) and at 12x12 (one image per product:
+    // the image is its own patch matrix) take the pointwise paths.
     for threads in [3, 1] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
-        for (h, k, stride, pad) in [(2, 3, 1, 1), (5, 3, 2, 1), (6, 1, 2, 0)] {
+        for (h, k, stride, pad) in [
+            (2, 3, 1, 1),
+            (5, 3, 2, 1),
+            (6, 1, 2, 0),
+            (4, 1, 1, 0),
+            (12, 1, 1, 0),
+        ] {
             let (y, dx, dw) =
                 pool.install(|| conv2d_against_burn(11, 8, 9, h, h, k, stride, pad, 5));
             assert!(

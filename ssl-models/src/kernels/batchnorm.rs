@@ -109,16 +109,16 @@ fn map_planes(
 #[inline(always)]
 fn plane_sums(block: &[f32], x0: f64) -> (f64, f64) {
     let (mut s, mut s2) = ([0.0f64; 8], [0.0f64; 8]);
-    let mut lanes = block.chunks_exact(8);
-    for chunk in &mut lanes {
+    let (lanes, rest) = block.as_chunks::<8>();
+    for chunk in lanes {
+        let d = chunk.map(|v| f64::from(v) - x0);
         for l in 0..8 {
-            let d = f64::from(chunk[l]) - x0;
-            s[l] += d;
-            s2[l] += d * d;
+            s[l] += d[l];
+            s2[l] += d[l] * d[l];
         }
     }
     let (mut a, mut b) = (s.iter().sum::<f64>(), s2.iter().sum::<f64>());
-    for &v in lanes.remainder() {
+    for &v in rest {
         let d = f64::from(v) - x0;
         a += d;
         b += d * d;

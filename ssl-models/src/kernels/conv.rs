@@ -118,6 +118,11 @@ impl Shape {
     fn p(&self) -> usize {
         self.ho * self.wo
     }
+    /// Whether the patches of an image are the image itself (`cols = x (C, H*W)`): a 1x1
+    /// kernel, stride 1, no padding.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.g.stride == [1, 1] && self.g.padding == [0, 0]
+    }
     /// `(rows, columns)` of one zero-padded input plane.
     fn padded(&self) -> (usize, usize) {
         (
@@ -567,10 +572,15 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
             |first, count, scratch, y_chunk, _| {
                 let columns = count * p;
                 let Scratch { cols, side, padded } = scratch;
-                for b in 0..count {
-                    let x_n = &xs[(first + b) * image..][..image];
-                    im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
-                }
+                let cols: &[f32] = if count == 1 && s.pointwise() {
+                    &xs[first * image..][..image]
+                } else {
+                    for b in 0..count {
+                        let x_n = &xs[(first + b) * image..][..image];
+                        im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
+                    }
+                    cols
+                };
                 let dst = if count == 1 {
                     uninit_dst(y_chunk)
                 } else {
@@ -640,13 +650,21 @@ fn backward(
                 to_product_order(dy_chunk, side, count, &s);
                 side
             };
+            // With a pointwise kernel and one image, the patches are the image and its
+            // gradient the patches' gradient: no im2col, no col2im.
+            let direct = count == 1 && s.pointwise();
             // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K); the task's first product writes
             // its partial sum, the later ones add to it.
             if need_dw {
-                for b in 0..count {
-                    let x_n = &xs[(first + b) * image..][..image];
-                    im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
-                }
+                let patches: &[f32] = if direct {
+                    &xs[first * image..][..image]
+                } else {
+                    for b in 0..count {
+                        let x_n = &xs[(first + b) * image..][..image];
+                        im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
+                    }
+                    cols
+                };
                 let started = !dw.is_empty();
                 let (dst, len) = if started {
                     init_dst(dw)
@@ -658,7 +676,7 @@ fn backward(
                     dims,
                     (dst, len, k, 1),
                     (dyc, columns, 1),
-                    (cols, 1, columns),
+                    (patches, 1, columns),
                     started,
                 );
                 if !started {
@@ -669,8 +687,13 @@ fn backward(
             if !need_dx {
                 return;
             }
-            // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer
-            let (dst, len) = init_dst(cols);
+            // dcols (K, B*P) = W^T (K, O) @ dy (O, B*P), into the patch buffer (or, `direct`,
+            // into dx itself)
+            let (dst, len) = if direct {
+                uninit_dst(dx_chunk)
+            } else {
+                init_dst(cols)
+            };
             matmul(
                 (k, columns, o),
                 (dst, len, columns, 1),
@@ -678,6 +701,9 @@ fn backward(
                 (dyc, columns, 1),
                 false,
             );
+            if direct {
+                return;
+            }
             for b in 0..count {
                 let dx_n = &mut dx_chunk[b * image..][..image];
                 col2im(&cols[b * p..], &s, dx_n, columns, &mut padded[..hp * wp]);
@@ -690,8 +716,8 @@ fn backward(
         dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
     }
     let dx = need_dx.then(|| {
-        // SAFETY: with `need_dx` every chunk's `col2im` wrote all values of its images, and the
-        // chunks tile the buffer.
+        // SAFETY: with `need_dx` every chunk's `col2im` (or, `direct`, its product) wrote all
+        // values of its images, and the chunks tile the buffer.
         unsafe { dx.set_len(xd[0] * image) };
         FlexTensor::from_data(TensorData::new(dx, xd))
     });
