@@ -543,6 +543,34 @@ mod onednn {
     }
 }
 
+/// The patch matrix `(K, count * P)` of images `first..first + count` of the batch `xs`: the
+/// image itself for one image of a pointwise convolution, else their patches side by side in
+/// `cols` (built with the padded-plane buffer `padded`).
+fn patches<'a>(
+    xs: &'a [f32],
+    (first, count): (usize, usize),
+    s: &Shape,
+    cols: &'a mut [f32],
+    padded: &mut [f32],
+) -> &'a [f32] {
+    let image = s.c * s.h * s.w;
+    if count == 1 && s.pointwise() {
+        return &xs[first * image..][..image];
+    }
+    let (p, (hp, wp)) = (s.p(), s.padded());
+    for b in 0..count {
+        let x_n = &xs[(first + b) * image..][..image];
+        im2col(
+            x_n,
+            s,
+            &mut cols[b * p..],
+            count * p,
+            &mut padded[..hp * wp],
+        );
+    }
+    cols
+}
+
 /// The convolution, a few images per product: `y_n (O, P) = W (O, K) @ cols_n (K, P)`.
 fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     let (x, weight) = (contiguous(x), contiguous(weight));
@@ -561,8 +589,6 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     let (k, p, o) = (s.k(), s.p(), s.o);
     let xs = x.as_slice::<f32>().expect("f32");
     let ws = weight.as_slice::<f32>().expect("f32");
-    let image = s.c * s.h * s.w;
-    let (hp, wp) = s.padded();
     let y = written(xd[0] * o * p, |y| {
         for_each_chunk(
             y,
@@ -572,15 +598,7 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
             |first, count, scratch, y_chunk, _| {
                 let columns = count * p;
                 let Scratch { cols, side, padded } = scratch;
-                let cols: &[f32] = if count == 1 && s.pointwise() {
-                    &xs[first * image..][..image]
-                } else {
-                    for b in 0..count {
-                        let x_n = &xs[(first + b) * image..][..image];
-                        im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
-                    }
-                    cols
-                };
+                let cols = patches(xs, (first, count), &s, cols, padded);
                 let dst = if count == 1 {
                     uninit_dst(y_chunk)
                 } else {
@@ -656,15 +674,7 @@ fn backward(
             // dW (O, K) += dy (O, B*P) @ cols^T (B*P, K); the task's first product writes
             // its partial sum, the later ones add to it.
             if need_dw {
-                let patches: &[f32] = if direct {
-                    &xs[first * image..][..image]
-                } else {
-                    for b in 0..count {
-                        let x_n = &xs[(first + b) * image..][..image];
-                        im2col(x_n, &s, &mut cols[b * p..], columns, &mut padded[..hp * wp]);
-                    }
-                    cols
-                };
+                let patches = patches(xs, (first, count), &s, cols, padded);
                 let started = !dw.is_empty();
                 let (dst, len) = if started {
                     init_dst(dw)
