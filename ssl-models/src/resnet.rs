@@ -576,7 +576,20 @@ impl ResNet {
 
     fn stem(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.bn1.forward_relu(conv_forward(&self.conv1, x));
-        self.maxpool.forward(x)
+        let pool = &self.maxpool;
+        match pool.padding {
+            PaddingConfig2d::Explicit(top, left, bottom, right)
+                if top == bottom && left == right && pool.dilation == [1, 1] && !pool.ceil_mode =>
+            {
+                let geometry = crate::kernels::pool::PoolGeometry {
+                    kernel: pool.kernel_size,
+                    stride: pool.stride,
+                    padding: [top, left],
+                };
+                crate::kernels::pool::max_pool2d(x, geometry)
+            }
+            _ => pool.forward(x),
+        }
     }
 
     fn stage(layer: &[Block], mut x: Tensor<4>) -> Tensor<4> {

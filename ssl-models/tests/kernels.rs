@@ -6,6 +6,7 @@ use burn::tensor::Distribution;
 use proptest::prelude::*;
 use ssl_models::kernels::batchnorm::{batch_norm_relu_train, batch_norm_train};
 use ssl_models::kernels::conv::{ConvGeometry, conv2d};
+use ssl_models::kernels::pool::{PoolGeometry, max_pool2d};
 
 fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
@@ -293,4 +294,75 @@ fn gemm_conv2d_falls_back_to_burn_for_other_dtypes_and_without_autodiff() {
     );
     assert_eq!(half.dtype(), burn::tensor::DType::BF16);
     assert!(max_rel_diff(half.cast(burn::tensor::DType::F32), want) < 5e-2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn max_pool2d_matches_burn_in_values_and_gradient(
+        n in 1usize..4, c in 1usize..5, h in 1usize..14, w in 1usize..14,
+        k in 1usize..4, stride in 1usize..4, pad in 0usize..2, seed in any::<u64>(),
+    ) {
+        prop_assume!(2 * pad <= k && h + 2 * pad >= k && w + 2 * pad >= k);
+        let device = Device::flex().autodiff();
+        device.seed(seed);
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(-1.0, 1.0), &device);
+        let geometry = PoolGeometry { kernel: [k, k], stride: [stride, stride], padding: [pad, pad] };
+        let x1 = x.clone().require_grad();
+        let y1 = max_pool2d(x1.clone(), geometry);
+        let r = Tensor::<4>::random(y1.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let g1 = y1.clone().mul(r.clone()).sum().backward();
+        let x2 = x.require_grad();
+        let options = burn::tensor::ops::MaxPoolOptions::new([k, k])
+            .with_stride([stride, stride])
+            .with_padding([pad, pad]);
+        let y2 = burn::tensor::module::max_pool2d(x2.clone(), options);
+        let g2 = y2.clone().mul(r).sum().backward();
+        prop_assert_eq!(y1.inner().into_data(), y2.inner().into_data());
+        let dx = max_rel_diff(x1.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
+        prop_assert!(dx < 1e-6, "dx {dx}");
+    }
+}
+
+#[test]
+fn max_pool2d_gives_a_tie_to_the_first_maximum_and_never_to_padding() {
+    // PyTorch: the first maximum in window order takes the gradient; padding is -inf.
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::from_data(TensorData::new(vec![-2.0f32; 4], [1, 1, 2, 2]), &device)
+        .require_grad();
+    let geometry = PoolGeometry {
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1],
+    };
+    let y = max_pool2d(x.clone(), geometry);
+    assert_eq!(
+        y.clone().inner().into_data().try_to_vec::<f32>().unwrap(),
+        vec![-2.0]
+    );
+    let dx = x.grad(&y.sum().backward()).unwrap();
+    assert_eq!(
+        dx.into_data().try_to_vec::<f32>().unwrap(),
+        vec![1.0, 0.0, 0.0, 0.0]
+    );
+}
+
+#[test]
+fn max_pool2d_propagates_nan_as_pytorch() {
+    let device = Device::flex();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(vec![1.0f32, f32::NAN, 3.0, 2.0], [1, 1, 2, 2]),
+        &device,
+    );
+    let geometry = PoolGeometry {
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0, 0],
+    };
+    let y = max_pool2d(x, geometry)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!(y[0].is_nan(), "{y:?}");
 }

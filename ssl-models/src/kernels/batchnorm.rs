@@ -32,6 +32,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Flex, backend_ex
 use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
+
+use super::contiguous;
 use std::mem::MaybeUninit;
 
 /// Output of the training-mode BatchNorm: the normalized tensor and the batch statistics
@@ -67,15 +69,6 @@ fn split_shape(t: &FlexTensor) -> (usize, usize, usize) {
     let (n, c) = (dims[0], dims[1]);
     let plane = dims[2..].iter().product::<usize>();
     (n, c, plane)
-}
-
-/// `t` with its values contiguous, in order, from its first element.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() && t.layout().start_offset() == 0 {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
 }
 
 fn values(t: &FlexTensor) -> &[f32] {

@@ -39,6 +39,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
+
+use super::{contiguous, dims4};
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
@@ -61,19 +63,6 @@ pub trait GemmConv2d: Backend {
         weight: FloatTensor<Self>,
         geometry: ConvGeometry,
     ) -> FloatTensor<Self>;
-}
-
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() && t.layout().start_offset() == 0 {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let d = t.layout().shape().as_slice();
-    [d[0], d[1], d[2], d[3]]
 }
 
 fn options(g: ConvGeometry) -> ConvOptions<2> {
