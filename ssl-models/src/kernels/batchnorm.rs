@@ -33,7 +33,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::contiguous;
+use super::{contiguous, written};
 use std::mem::MaybeUninit;
 
 /// Output of the training-mode BatchNorm: the normalized tensor and the batch statistics
@@ -86,14 +86,15 @@ fn map_planes(
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
 ) -> FlexTensor {
     let len = shape.iter().product::<usize>();
-    let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(block, values)| fill(block, values));
-    // SAFETY: the chunks tile the buffer and each `fill` wrote its whole chunk (both callers
+    // SAFETY: the chunks tile the buffer and each `fill` writes its whole chunk (both callers
     // zip their chunk with an input plane of the same length).
-    unsafe { out.set_len(len) };
+    let out = unsafe {
+        written(len, |out| {
+            out.par_chunks_mut(plane.max(1))
+                .enumerate()
+                .for_each(|(block, values)| fill(block, values))
+        })
+    };
     FlexTensor::from_data(TensorData::new(out, shape.to_vec()))
 }
 
@@ -210,15 +211,22 @@ struct Saved {
     relu: Option<Vec<(f32, f32)>>,
 }
 
-/// `(sum(g), sum(g * (x - m)))` of one plane in f64, eight lanes at a time; `g` is `dy`, masked
-/// by the fused ReLU when `affine` is given.
+/// The BatchNorm's output gradient `g(x, dy)`: `dy`, masked by the fused ReLU when `affine`
+/// (the forward's `(scale, shift)`) is given.
+#[inline(always)]
+fn output_gradient(affine: Option<(f32, f32)>) -> impl Fn(f32, f32) -> f32 {
+    move |v, dy| match affine {
+        Some((scale, shift)) => through_relu(dy, v * scale + shift),
+        None => dy,
+    }
+}
+
+/// `(sum(g), sum(g * (x - m)))` of one plane in f64, eight lanes at a time, with `g` the
+/// [`output_gradient`].
 #[inline(always)]
 fn gradient_sums(xs: &[f32], dys: &[f32], m: f64, affine: Option<(f32, f32)>) -> (f64, f64) {
     let (mut s, mut sx) = ([0.0f64; 8], [0.0f64; 8]);
-    let g = |v: f32, dy: f32| match affine {
-        Some((scale, shift)) => through_relu(dy, v * scale + shift),
-        None => dy,
-    };
+    let g = output_gradient(affine);
     let (mut xl, mut dl) = (xs.chunks_exact(8), dys.chunks_exact(8));
     for (xc, dc) in (&mut xl).zip(&mut dl) {
         for l in 0..8 {
@@ -271,18 +279,9 @@ fn backward(
         let m = mean[ch];
         let off = block * plane;
         let (xb, db) = (&xs[off..][..plane], &dys[off..][..plane]);
-        match affine(ch) {
-            Some((scale, shift)) => {
-                for ((o, &v), &dy) in out.iter_mut().zip(xb).zip(db) {
-                    let g = through_relu(dy, v * scale + shift);
-                    o.write(k * (g - mean_dy - (v - m) * proj));
-                }
-            }
-            None => {
-                for ((o, &v), &g) in out.iter_mut().zip(xb).zip(db) {
-                    o.write(k * (g - mean_dy - (v - m) * proj));
-                }
-            }
+        let g = output_gradient(affine(ch));
+        for ((o, &v), &dy) in out.iter_mut().zip(xb).zip(db) {
+            o.write(k * (g(v, dy) - mean_dy - (v - m) * proj));
         }
     });
     let dgamma: Vec<f32> = sums

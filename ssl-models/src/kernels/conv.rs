@@ -40,7 +40,7 @@ use burn::tensor::DType;
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
-use super::{contiguous, dims4};
+use super::{contiguous, dims4, written};
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
@@ -292,19 +292,6 @@ fn init_dst(d: &mut [f32]) -> (*mut f32, usize) {
 /// `accumulate`).
 fn uninit_dst(d: &mut [MaybeUninit<f32>]) -> (*mut f32, usize) {
     (d.as_mut_ptr().cast(), d.len())
-}
-
-/// `len` values written by `fill` into uninitialized memory, then taken as initialized: the
-/// outputs here are written completely (every product without `accumulate` writes its whole
-/// destination, every reorder and `col2im` their whole blocks), so a zero fill first would be
-/// a wasted pass over them.
-fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len]);
-    // SAFETY: `fill` wrote all `len` values (see the callers: each writes every element of
-    // the blocks it is handed, and the blocks tile the buffer).
-    unsafe { v.set_len(len) };
-    v
 }
 
 /// Fewest columns one product gets: images whose outputs have fewer positions than this are
@@ -578,35 +565,39 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> FlexTensor {
     let (k, p, o) = (s.k(), s.p(), s.o);
     let xs = x.as_slice::<f32>().expect("f32");
     let ws = weight.as_slice::<f32>().expect("f32");
-    let y = written(xd[0] * o * p, |y| {
-        for_each_chunk(
-            y,
-            o * p,
-            &s,
-            || (),
-            |first, count, scratch, y_chunk, _| {
-                let columns = count * p;
-                let Scratch { cols, side, padded } = scratch;
-                let cols = patches(xs, (first, count), &s, cols, padded);
-                let dst = if count == 1 {
-                    uninit_dst(y_chunk)
-                } else {
-                    init_dst(side)
-                };
-                let (dst, len) = dst;
-                matmul(
-                    (o, columns, k),
-                    (dst, len, columns, 1),
-                    (ws, k, 1),
-                    (cols, columns, 1),
-                    false,
-                );
-                if count > 1 {
-                    from_product_order(side, y_chunk, count, &s);
-                }
-            },
-        );
-    });
+    // SAFETY: every chunk's product (one image) or reorder (several) writes the whole block of
+    // its images, and the chunks tile `y`.
+    let y = unsafe {
+        written(xd[0] * o * p, |y| {
+            for_each_chunk(
+                y,
+                o * p,
+                &s,
+                || (),
+                |first, count, scratch, y_chunk, _| {
+                    let columns = count * p;
+                    let Scratch { cols, side, padded } = scratch;
+                    let cols = patches(xs, (first, count), &s, cols, padded);
+                    let dst = if count == 1 {
+                        uninit_dst(y_chunk)
+                    } else {
+                        init_dst(side)
+                    };
+                    let (dst, len) = dst;
+                    matmul(
+                        (o, columns, k),
+                        (dst, len, columns, 1),
+                        (ws, k, 1),
+                        (cols, columns, 1),
+                        false,
+                    );
+                    if count > 1 {
+                        from_product_order(side, y_chunk, count, &s);
+                    }
+                },
+            );
+        })
+    };
     FlexTensor::from_data(TensorData::new(y, [xd[0], o, s.ho, s.wo]))
 }
 
@@ -709,21 +700,21 @@ fn backward(
             }
         },
     );
-    let mut parts = partial.into_iter().filter(|part| !part.is_empty());
-    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; o * k]);
-    for part in parts {
-        dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
-    }
+    let dw = need_dw.then(|| {
+        let mut parts = partial.into_iter();
+        let mut dw = parts.next().unwrap_or_else(|| vec![0.0; o * k]);
+        for part in parts {
+            dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+        }
+        FlexTensor::from_data(TensorData::new(dw, wd))
+    });
     let dx = need_dx.then(|| {
         // SAFETY: with `need_dx` every chunk's `col2im` (or, `direct`, its product) wrote all
         // values of its images, and the chunks tile the buffer.
         unsafe { dx.set_len(xd[0] * image) };
         FlexTensor::from_data(TensorData::new(dx, xd))
     });
-    (
-        dx,
-        need_dw.then(|| FlexTensor::from_data(TensorData::new(dw, wd))),
-    )
+    (dx, dw)
 }
 
 impl GemmConv2d for Flex {

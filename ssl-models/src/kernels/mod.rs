@@ -10,6 +10,8 @@ pub mod batchnorm;
 pub mod conv;
 pub mod pool;
 
+use std::mem::MaybeUninit;
+
 use burn::backend::flex::FlexTensor;
 
 /// `t` with its values contiguous, in order, from its first element (a copy only when it is
@@ -26,4 +28,19 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
 pub(crate) fn dims4(t: &FlexTensor) -> [usize; 4] {
     let d = t.layout().shape().as_slice();
     [d[0], d[1], d[2], d[3]]
+}
+
+/// `len` values written by `fill` into uninitialized memory, then taken as initialized: the
+/// kernels' outputs are written completely (by a product without `accumulate`, or by a loop
+/// zipping every output with an input), so burn-flex's zero fill first (and its copy into an
+/// aligned buffer) would be wasted passes over them.
+///
+/// # Safety
+/// `fill` must write every one of the `len` values it is handed.
+pub(crate) unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` wrote all `len` values.
+    unsafe { v.set_len(len) };
+    v
 }

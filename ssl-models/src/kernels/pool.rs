@@ -30,7 +30,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{contiguous, dims4};
+use super::{contiguous, dims4, written};
 use std::mem::MaybeUninit;
 
 /// Kernel size, stride and symmetric padding of a [`max_pool2d`].
@@ -100,16 +100,18 @@ fn forward(x: &FlexTensor, g: PoolGeometry) -> (FlexTensor, Arc<Vec<u32>>) {
     let (ho, wo) = g.output(h, w);
     let xs = x.as_slice::<f32>().expect("f32");
     let len = n * c * ho * wo;
-    let (mut y, mut argmax) = (Vec::with_capacity(len), vec![0u32; len]);
-    y.spare_capacity_mut()[..len]
-        .par_chunks_mut(ho * wo)
-        .zip(argmax.par_chunks_mut(ho * wo))
-        .enumerate()
-        .for_each(|(plane, (y, idx))| {
-            pool_plane(&xs[plane * h * w..][..h * w], (h, w), &g, y, idx);
-        });
+    let mut argmax = vec![0u32; len];
     // SAFETY: the planes tile `y` and `pool_plane` writes every output of its plane.
-    unsafe { y.set_len(len) };
+    let y = unsafe {
+        written(len, |y| {
+            y.par_chunks_mut(ho * wo)
+                .zip(argmax.par_chunks_mut(ho * wo))
+                .enumerate()
+                .for_each(|(plane, (y, idx))| {
+                    pool_plane(&xs[plane * h * w..][..h * w], (h, w), &g, y, idx);
+                })
+        })
+    };
     let y = FlexTensor::from_data(TensorData::new(y, [n, c, ho, wo]));
     (y, Arc::new(argmax))
 }
