@@ -47,12 +47,14 @@ impl Default for CurveConfig {
 /// of an image are the image plus independent Gaussian noise (std 0.1), so the task is
 /// learnable and the loss falls. Runs with the same settings and seed draw the same init, data
 /// and mixing in any precision: the check that bf16 training follows f32 compares two curves.
+/// The images and noise come from a generator of the run's own (the same values on every
+/// device), the init from the device's, seeded while no other thread of the process seeds it.
 pub fn loss_curve(precision: Precision, device: &Device, cfg: &CurveConfig) -> Result<Vec<f32>> {
     use crate::model::{Mhcl, MhclConfig};
     use crate::optim::SgdConfig;
+    use rand::SeedableRng;
 
     let device = device.clone().autodiff();
-    device.seed(cfg.seed);
     let config = MhclConfig::new(ssl_models::Arch::ResNet18)
         .with_width(cfg.width)
         .with_dim(16)
@@ -60,14 +62,25 @@ pub fn loss_curve(precision: Precision, device: &Device, cfg: &CurveConfig) -> R
         .with_queue_len(8 * cfg.batch)
         .with_temperature(0.2)
         .with_precision(precision);
-    let mut model = Mhcl::new(config, &device)?;
+    let mut model = {
+        let _init = crate::dist::init_lock();
+        device.seed(cfg.seed);
+        Mhcl::new(config, &device)?
+    };
     let mut sgd = SgdConfig::new()
         .with_momentum(0.9)
         .with_weight_decay(1e-4)
         .init()?;
     let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
     let shape = [cfg.batch, 3, cfg.size, cfg.size];
-    let base = Tensor::<4>::random([cfg.images, 3, cfg.size, cfg.size], normal, &device);
+    let mut data_rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut normal_tensor = |shape: [usize; 4]| {
+        Tensor::<4>::from_data(
+            TensorData::random::<f32, _, _>(shape, normal, &mut data_rng),
+            &device,
+        )
+    };
+    let base = normal_tensor([cfg.images, 3, cfg.size, cfg.size]);
     let mut losses = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
         let idx: Vec<i64> = (0..cfg.batch)
@@ -75,7 +88,7 @@ pub fn loss_curve(precision: Precision, device: &Device, cfg: &CurveConfig) -> R
             .collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [cfg.batch]), &device);
         let x = base.clone().select(0, idx);
-        let noise = || Tensor::<4>::random(shape, normal, &device).mul_scalar(0.1);
+        let mut noise = || normal_tensor(shape).mul_scalar(0.1);
         let (im_q, im_k) = (x.clone() + noise(), x + noise());
         let mut rng = crate::rng::step_rng(cfg.seed, step as u64);
         let stats = model.train_step(im_q, im_k, cfg.lr, &mut sgd, &mut rng, None)?;
