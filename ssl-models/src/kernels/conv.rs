@@ -185,12 +185,12 @@ fn im2col(x: &[f32], s: &Shape, cols: &mut [f32], ld: usize, buffer: &mut [f32])
         for i in 0..s.kh {
             for j in 0..s.kw {
                 let row = &mut cols[((c * s.kh + i) * s.kw + j) * ld..][..p];
+                let (at, width) = phase_at(j % sw, (hp, wp), sw);
                 for (ho, out) in row.chunks_exact_mut(s.wo).enumerate() {
                     let r = ho * sh + i;
                     if sw == 1 {
                         copy_run(out, &plane[r * wp + j..]);
                     } else if split {
-                        let (at, width) = phase_at(j % sw, (hp, wp), sw);
                         copy_run(out, &phases[at + r * width + j / sw..]);
                     } else {
                         let src = &plane[r * wp + j..];
