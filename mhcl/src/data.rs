@@ -27,11 +27,20 @@ pub fn open_split_checked(
     checks: ImageChecks,
     bands: Option<usize>,
 ) -> Result<ImageFolder> {
+    checked(open_split(data, split)?, checks, bands)
+}
+
+/// A listing from [`open_split`] with `checks` applied, its images read as `bands` bands.
+pub fn checked(
+    listing: ImageFolder,
+    checks: ImageChecks,
+    bands: Option<usize>,
+) -> Result<ImageFolder> {
     let options = ImageFolderOptions::default()
         .with_verify(checks.verify)
         .with_skip_corrupt(checks.skip_corrupt)
         .with_bands(bands);
-    open_split_with(data, split, &options)
+    listing.with_options(&options).map_err(augment)
 }
 
 /// The line naming the images a pre-scan of `folder` dropped (`--skip-corrupt

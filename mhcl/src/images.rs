@@ -188,10 +188,12 @@ pub fn detect_bands(requested: Option<usize>, first: &Path) -> Result<Option<usi
     }
 }
 
-/// The band count of a run over `DATA/train` ([`detect_bands`] on its first image): `None`
-/// for the RGB path.
-pub fn detect_split_bands(data: &Path, requested: Option<usize>) -> Result<Option<usize>> {
-    let listing = crate::data::open_split(data, "train")?;
+/// The band count of a run over `listing` (`DATA/train` from [`crate::data::open_split`];
+/// [`detect_bands`] on its first image): `None` for the RGB path.
+pub fn detect_split_bands(
+    listing: &ImageFolder,
+    requested: Option<usize>,
+) -> Result<Option<usize>> {
     let first = listing
         .samples()
         .first()

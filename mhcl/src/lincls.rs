@@ -344,8 +344,9 @@ impl<'a> ProbeRank<'a> {
         obs: &'a mut dyn Observer,
     ) -> Result<Self> {
         let t_run = Instant::now();
-        let bands = images::detect_split_bands(&cfg.data.root, cfg.data.bands)?;
-        let (train_set, val_set) = open_probe_data(cfg, obs, bands)?;
+        let listing = data::open_split(&cfg.data.root, "train")?;
+        let bands = images::detect_split_bands(&listing, cfg.data.bands)?;
+        let (train_set, val_set) = open_probe_data(cfg, obs, (listing, bands))?;
         let sources = read_sources(cfg)?;
         let hint = [&sources.resume, &sources.pretrained]
             .into_iter()
@@ -676,16 +677,21 @@ impl<'a> ProbeRank<'a> {
     }
 }
 
-/// `DATA/train` and `DATA/val` with the same classes, read as `bands` bands (`None`: RGB).
+/// `DATA/train` (from its `listing`) and `DATA/val` with the same classes, read as `bands`
+/// bands (`None`: RGB).
 fn open_probe_data(
     cfg: &LinclsConfig,
     obs: &mut dyn Observer,
-    bands: Option<usize>,
+    (listing, bands): (ImageFolder, Option<usize>),
 ) -> Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
     let checks = cfg.data.image_checks();
-    let root = &cfg.data.root;
-    let train_set = Arc::new(data::open_split_checked(root, "train", checks, bands)?);
-    let val_set = Arc::new(data::open_split_checked(root, "val", checks, bands)?);
+    let train_set = Arc::new(data::checked(listing, checks, bands)?);
+    let val_set = Arc::new(data::open_split_checked(
+        &cfg.data.root,
+        "val",
+        checks,
+        bands,
+    )?);
     for folder in [&train_set, &val_set] {
         if let Some(line) = data::prescan_notice(folder) {
             obs.notice(&line)?;
@@ -694,7 +700,7 @@ fn open_probe_data(
     if train_set.classes() != val_set.classes() {
         return Err(MhclError::data(format!(
             "train/ and val/ of {} have different classes",
-            root.display()
+            cfg.data.root.display()
         )));
     }
     Ok((train_set, val_set))

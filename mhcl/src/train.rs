@@ -144,14 +144,15 @@ impl<'a> RankRun<'a> {
         stop: &'a StopToken,
         obs: &'a mut dyn Observer,
     ) -> Result<Self> {
-        let bands = images::detect_split_bands(&cfg.data.root, cfg.data.bands)?;
+        let listing = data::open_split(&cfg.data.root, "train")?;
+        let bands = images::detect_split_bands(&listing, cfg.data.bands)?;
         let model = cfg.model.clone().with_in_channels(bands.unwrap_or(3));
         // read everything of a resume before building anything expensive
         let resume = match &cfg.resume {
             Some(path) => Some((path.clone(), read_resume(path, &model)?)),
             None => None,
         };
-        let (train_set, knn_set) = open_datasets(cfg, ctx, obs, bands)?;
+        let (train_set, knn_set) = open_datasets(cfg, ctx, obs, (listing, bands))?;
         let hint = resume
             .as_ref()
             .and_then(|(_, c)| images::recorded_band_stats(&c.meta.config));
@@ -508,21 +509,15 @@ impl<'a> RankRun<'a> {
     }
 }
 
-/// `DATA/train` and, for the kNN monitor on rank 0, `DATA/val`, read as `bands` bands
-/// (`None`: RGB).
+/// `DATA/train` (from its `listing`) and, for the kNN monitor on rank 0, `DATA/val`, read as
+/// `bands` bands (`None`: RGB).
 fn open_datasets(
     cfg: &PretrainConfig,
     ctx: &RankCtx,
     obs: &mut dyn Observer,
-    bands: Option<usize>,
+    (listing, bands): (ImageFolder, Option<usize>),
 ) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
-    let checks = cfg.data.image_checks();
-    let train_set = Arc::new(data::open_split_checked(
-        &cfg.data.root,
-        "train",
-        checks,
-        bands,
-    )?);
+    let train_set = Arc::new(data::checked(listing, cfg.data.image_checks(), bands)?);
     if let Some(line) = data::prescan_notice(&train_set) {
         obs.notice(&line)?;
     }

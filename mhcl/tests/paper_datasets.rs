@@ -138,7 +138,8 @@ fn every_paper_dataset_splits_with_its_ratio_and_opens_as_rgb() {
             )),
             "{name}: {stdout}"
         );
-        let bands = mhcl::images::detect_split_bands(&dst, None).unwrap();
+        let listing = mhcl::data::open_split(&dst, "train").unwrap();
+        let bands = mhcl::images::detect_split_bands(&listing, None).unwrap();
         assert_eq!(bands, None, "{name}: 8-bit RGB {ext} takes the RGB path");
         let folder = mhcl::data::open_split(&dst, "val").unwrap();
         assert_eq!(folder.classes().len(), classes);

@@ -403,21 +403,32 @@ impl ImageFolder {
                 extensions: options.extensions.join(", "),
             });
         }
-        let mut folder = Self {
+        Self {
             root,
             classes: class_dirs
                 .iter()
                 .map(|c| c.to_string_lossy().into_owned())
                 .collect(),
             samples,
-            skip_corrupt: options.skip_corrupt,
+            skip_corrupt: false,
             skipped: Vec::new(),
-            bands: options.bands,
-        };
-        if options.verify {
-            folder.verify_all()?;
+            bands: None,
         }
-        Ok(folder)
+        .with_options(options)
+    }
+
+    /// This listing with `options`' band count, corrupt-file policy and verification (decoding
+    /// every image when `verify` is set); the listing itself (extensions, empty classes) and
+    /// the images an earlier verification dropped stay as they are. For a caller that learns
+    /// the band count from the listing's first image: scanning the folder again would list
+    /// every file twice.
+    pub fn with_options(mut self, options: &ImageFolderOptions) -> Result<Self> {
+        self.skip_corrupt = options.skip_corrupt;
+        self.bands = options.bands;
+        if options.verify {
+            self.verify_all()?;
+        }
+        Ok(self)
     }
 
     fn verify_all(&mut self) -> Result<()> {
