@@ -62,11 +62,7 @@ pub fn loss_curve(precision: Precision, device: &Device, cfg: &CurveConfig) -> R
         .with_queue_len(8 * cfg.batch)
         .with_temperature(0.2)
         .with_precision(precision);
-    let mut model = {
-        let _init = crate::dist::init_lock();
-        device.seed(cfg.seed);
-        Mhcl::new(config, &device)?
-    };
+    let mut model = crate::dist::seeded_init(&device, cfg.seed, || Mhcl::new(config, &device))?;
     let mut sgd = SgdConfig::new()
         .with_momentum(0.9)
         .with_weight_decay(1e-4)

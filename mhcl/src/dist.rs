@@ -329,12 +329,19 @@ fn check_available(backend: DistBackend) -> Result<()> {
     )))
 }
 
-/// Held while a rank seeds the device and builds its model: the device's generator is shared
-/// by every thread of the process, so ranks that run as threads initialise one at a time and
-/// each gets exactly the weights its seed gives.
-pub(crate) fn init_lock() -> std::sync::MutexGuard<'static, ()> {
+/// `init()` run right after seeding `device` with `seed`, while no other thread of the process
+/// seeds it: the device's generator is shared by every thread, so ranks that run as threads
+/// (and runs side by side in one process) initialise one at a time and each gets exactly the
+/// weights its seed gives.
+pub(crate) fn seeded_init<T>(
+    device: &burn::prelude::Device,
+    seed: u64,
+    init: impl FnOnce() -> T,
+) -> T {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let _held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    device.seed(seed);
+    init()
 }
 
 /// What one rank knows about the run: its process group (none for a single process) and its

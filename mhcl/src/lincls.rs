@@ -737,16 +737,13 @@ fn build_probe(
 ) -> Result<(ProbeState, Option<String>)> {
     let source = sources.resume.as_ref().or(sources.pretrained.as_ref());
     let train_device = device.clone().autodiff();
-    // the device's generator is shared by ranks that run as threads: initialise one at a time
-    let ((mut backbone, adapted), mut fc) = {
-        let _init = crate::dist::init_lock();
-        device.seed(seed);
+    let ((mut backbone, adapted), mut fc) = crate::dist::seeded_init(device, seed, || {
         let source = source.map(|(p, l)| (p.as_path(), l));
         let backbone = build_backbone(cfg.arch, cfg.width, in_channels, source, device)?;
         let fc = LinearClassifierConfig::new(backbone.0.feature_dim(), classes)
             .try_init(&train_device)?;
-        (backbone, fc)
-    };
+        Ok::<_, MhclError>((backbone, fc))
+    })?;
     if ctx.group().is_some() {
         // identical start on every rank: rank 0's fc (and backbone when not loaded)
         if source.is_none() {

@@ -590,11 +590,9 @@ fn build_state(
     seed: u64,
     ctx: &RankCtx,
 ) -> Result<RunState> {
-    let _init = crate::dist::init_lock();
-    device.seed(seed);
     Ok(RunState {
         seed,
-        model: Mhcl::new(model, device)?,
+        model: crate::dist::seeded_init(device, seed, || Mhcl::new(model, device))?,
         sgd: cfg.training.sgd.clone().init()?,
         step: 0,
         layout: (ctx.world_size(), ctx.batch_size()),
