@@ -53,6 +53,16 @@ impl PoolGeometry {
         let [ph, pw] = self.padding;
         ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1)
     }
+
+    /// `start..end` of the inputs along `axis` (0: rows, 1: columns) that output `o`'s window
+    /// covers in an input of `len` (the padding cut off).
+    fn span(&self, axis: usize, o: usize, len: usize) -> (usize, usize) {
+        let (k, s, p) = (self.kernel[axis], self.stride[axis], self.padding[axis]);
+        (
+            (o * s).saturating_sub(p),
+            (o * s + k).saturating_sub(p).min(len),
+        )
+    }
 }
 
 /// The pooling as a backend extension: Flex runs it, `Autodiff<Flex>` differentiates it as one
@@ -72,11 +82,8 @@ fn window_max(
     g: &PoolGeometry,
     (oh, ow): (usize, usize),
 ) -> (f32, u32) {
-    let ([kh, kw], [sh, sw], [ph, pw]) = (g.kernel, g.stride, g.padding);
-    let r0 = (oh * sh).saturating_sub(ph);
-    let r1 = (oh * sh + kh).saturating_sub(ph).min(h);
-    let q0 = (ow * sw).saturating_sub(pw);
-    let q1 = (ow * sw + kw).saturating_sub(pw).min(w);
+    let (r0, r1) = g.span(0, oh, h);
+    let (q0, q1) = g.span(1, ow, w);
     let (mut best, mut at) = (f32::NEG_INFINITY, r0 * w + q0);
     for r in r0..r1 {
         for (q, &v) in x[r * w + q0..r * w + q1].iter().enumerate() {
@@ -96,8 +103,9 @@ const LANES: usize = 16;
 ///
 /// The windows that lie inside the plane's columns are taken [`LANES`] outputs at a time, each
 /// window offset as one pass over the block with the test as a select: [`window_max`]'s
-/// branch on random data was mispredicted about every other input (a third of the pooling's
-/// time). The order of the tests per output, and so every tie and NaN, is [`window_max`]'s.
+/// branch, unpredictable on random data, ran the pooling at 5.4 % of the ResNet-18 step's
+/// profile, the blocks at 2.2 %. The order of the tests per output, and so every tie and NaN,
+/// is [`window_max`]'s.
 fn pool_plane(
     x: &[f32],
     (h, w): (usize, usize),
@@ -106,7 +114,7 @@ fn pool_plane(
     argmax: &mut [u32],
 ) {
     let (ho, wo) = g.output(h, w);
-    let ([kh, kw], [sh, sw], [ph, pw]) = (g.kernel, g.stride, g.padding);
+    let (kw, sw, pw) = (g.kernel[1], g.stride[1], g.padding[1]);
     // `lo..hi`: the outputs whose window columns `ow * sw - pw ..+ kw` are all inside the plane
     let lo = pw.div_ceil(sw).min(wo);
     let hi = if w + pw >= kw {
@@ -122,8 +130,7 @@ fn pool_plane(
             y[ow].write(v);
             argmax[ow] = at;
         }
-        let r0 = (oh * sh).saturating_sub(ph);
-        let r1 = (oh * sh + kh).saturating_sub(ph).min(h);
+        let (r0, r1) = g.span(0, oh, h);
         for first in (lo..hi).step_by(LANES) {
             let n = LANES.min(hi - first);
             let mut best = [f32::NEG_INFINITY; LANES];
