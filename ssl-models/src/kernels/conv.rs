@@ -170,7 +170,10 @@ fn im2col(x: &[f32], s: &Shape, cols: &mut [f32], ld: usize, buffer: &mut [f32])
     let [sh, sw] = s.g.stride;
     let (hp, wp) = s.padded();
     let (padded, phases) = buffer.split_at_mut(hp * wp);
-    padded.fill(0.0);
+    if s.g.padding != [0, 0] {
+        // the border `padded_plane` leaves alone (without padding it reads `x` itself)
+        padded.fill(0.0);
+    }
     // With a column stride the inputs of a patch row are every `sw`-th column of the plane;
     // split once into its column phases, each row's runs are contiguous again, so block copies.
     // That pays where each phase serves several kernel columns: the stem's 7x7 / stride 2
